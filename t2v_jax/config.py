@@ -1,0 +1,139 @@
+"""Config validation that runs before anything compiles.
+
+Every check names the config field that is wrong and what is allowed, so that a bad flag on
+the command line fails in a second with a readable message instead of deep inside XLA.
+"""
+
+import math
+
+from t2v_jax.diffusion.samplers import SAMPLERS
+from t2v_jax.diffusion.schedules import PREDICTION_TYPES, SCHEDULE_KINDS
+from t2v_jax.layers.attention import IMPLEMENTATIONS
+from t2v_jax.models import video_vae
+from t2v_jax.parallel.mesh import resolve_mesh_shape
+from t2v_jax.parallel.rules import PRESETS
+
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the system cannot run with."""
+
+
+def _require(condition: bool, field: str, message: str):
+    if not condition:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def _one_of(value, field: str, allowed):
+    _require(value in allowed, field, f"{value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def latent_shape(config) -> tuple[int, int, int, int]:
+    """(frames, height, width, channels) of the VAE latents for the configured videos."""
+    t_down = video_vae.temporal_compression(config.vae)
+    s_down = video_vae.spatial_compression(config.vae)
+    return (config.data.num_frames // t_down, config.data.canvas // s_down,
+            config.data.canvas // s_down, config.vae.latent_channels)
+
+
+def validate_model(config):
+    """Checks the VAE, text encoder and DiT fields and how they fit together."""
+    dit, vae = config.dit, config.vae
+    _require(dit.num_heads > 0, "dit.num_heads", f"must be positive, got {dit.num_heads}")
+    _require(dit.width % dit.num_heads == 0, "dit.num_heads",
+             f"{dit.num_heads} heads do not divide dit.width={dit.width}; allowed: divisors of "
+             f"{dit.width} such as {[h for h in range(1, 33) if dit.width % h == 0]}")
+    head_dim = dit.width // dit.num_heads
+    _require(head_dim % 6 == 0, "dit.width",
+             f"head dim {dit.width}/{dit.num_heads}={head_dim} must be divisible by 6: 3D RoPE "
+             "splits it in three rotate-half chunks")
+    _one_of(dit.attention, "dit.attention", IMPLEMENTATIONS + ("auto",))
+    _one_of(dit.remat_policy, "dit.remat_policy", REMAT_POLICIES)
+    _one_of(dit.dtype, "dit.dtype", DTYPES)
+    _require(dit.in_channels == vae.latent_channels, "dit.in_channels",
+             f"{dit.in_channels} must equal vae.latent_channels={vae.latent_channels}")
+    _require(dit.caption_channels == config.text.encoder.width, "dit.caption_channels",
+             f"{dit.caption_channels} must equal text.encoder.width={config.text.encoder.width}")
+    _require(len(vae.temporal_downsample) == len(vae.block_out_channels), "vae.temporal_downsample",
+             f"needs one entry per block ({len(vae.block_out_channels)}), got {len(vae.temporal_downsample)}")
+    _require(len(vae.spatial_downsample) == len(vae.block_out_channels), "vae.spatial_downsample",
+             f"needs one entry per block ({len(vae.block_out_channels)}), got {len(vae.spatial_downsample)}")
+    for channels in vae.block_out_channels:
+        _require(channels % vae.norm_num_groups == 0, "vae.block_out_channels",
+                 f"{channels} is not divisible by vae.norm_num_groups={vae.norm_num_groups}")
+    text = config.text.encoder
+    _require(text.num_heads * text.head_dim > 0, "text.encoder.num_heads", "must be positive")
+
+
+def validate_data(config):
+    data = config.data
+    t_down = video_vae.temporal_compression(config.vae)
+    s_down = video_vae.spatial_compression(config.vae)
+    _require(data.num_frames > 0 and data.num_frames % t_down == 0, "data.num_frames",
+             f"{data.num_frames} frames cannot be encoded by a VAE with x{t_down} temporal compression; "
+             f"allowed: multiples of {t_down}")
+    _require(data.canvas > 0 and data.canvas % s_down == 0, "data.canvas",
+             f"{data.canvas} px is not divisible by the VAE's x{s_down} spatial compression")
+    frames, height, width, _ = latent_shape(config)
+    pt, ph, pw = config.dit.patch_thw
+    for name, size, patch in (("frames", frames, pt), ("height", height, ph), ("width", width, pw)):
+        _require(size % patch == 0, "dit.patch_thw",
+                 f"patch {tuple(config.dit.patch_thw)} does not divide the latent {name} {size} "
+                 f"(latent grid {(frames, height, width)} from data.num_frames={data.num_frames}, "
+                 f"data.canvas={data.canvas})")
+
+
+def validate_diffusion(config):
+    diff, samp = config.diffusion, config.sampling
+    _one_of(diff.schedule, "diffusion.schedule", SCHEDULE_KINDS)
+    _one_of(diff.prediction_type, "diffusion.prediction_type", PREDICTION_TYPES)
+    _one_of(samp.method, "sampling.method", SAMPLERS)
+    _require(samp.num_steps > 0, "sampling.num_steps", f"must be positive, got {samp.num_steps}")
+    is_flow = diff.schedule == "flow"
+    _require(is_flow == (diff.prediction_type == "flow"), "diffusion.prediction_type",
+             f"{diff.prediction_type!r} does not fit schedule {diff.schedule!r}: the flow schedule "
+             "trains 'flow' targets and the others 'eps', 'v' or 'x0'")
+    _require(is_flow == (samp.method == "flow_euler"), "sampling.method",
+             f"{samp.method!r} does not fit schedule {diff.schedule!r}: use 'flow_euler' with 'flow' "
+             "and ddpm/ddim/euler_ancestral otherwise")
+
+
+def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "train_dit")):
+    _one_of(config.mesh.preset, "mesh.preset", sorted(PRESETS))
+    try:
+        sizes = dict(zip(("data", "fsdp", "context", "tensor"),
+                         resolve_mesh_shape(dict(config.mesh.shape), num_devices)))
+    except ValueError as error:
+        raise ConfigError(f"config.{error}") from None
+    _require(config.dit.num_heads % sizes["tensor"] == 0, "dit.num_heads",
+             f"{config.dit.num_heads} heads are not divisible by the tensor axis "
+             f"(mesh.shape.tensor={sizes['tensor']})")
+    data_parallel = sizes["data"] * sizes["fsdp"]
+    for field in batch_fields:
+        batch = config[field].batch_size
+        _require(batch % data_parallel == 0, f"{field}.batch_size",
+                 f"{batch} is not divisible by the data-parallel size {data_parallel} "
+                 f"(mesh data x fsdp)")
+
+
+def validate(config, num_devices: int | None = None):
+    """Runs every check; call it before building models or compiling."""
+    import jax
+
+    validate_model(config)
+    validate_data(config)
+    validate_diffusion(config)
+    validate_parallel(config, num_devices or jax.device_count())
+    return config
+
+
+def dit_token_grid(config) -> tuple[int, int, int]:
+    frames, height, width, _ = latent_shape(config)
+    pt, ph, pw = config.dit.patch_thw
+    return frames // pt, height // ph, width // pw
+
+
+def num_dit_tokens(config) -> int:
+    return math.prod(dit_token_grid(config))

@@ -1,0 +1,81 @@
+"""Logical axis names -> mesh axes, with named presets so that comparing strategies is one flag.
+
+Models annotate parameters (`nn.with_logical_partitioning`) and activations
+(`nn.with_logical_constraint`) with logical names; a preset below maps those names to mesh
+axes. A preset is data, not a code path.
+"""
+
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+BATCH_AXES = ("data", "fsdp")
+
+PRESETS = {
+    # Pure data parallelism: parameters replicated, batch split over every device.
+    "dp": (
+        ("batch", BATCH_AXES),
+    ),
+    # ZeRO-3 style: batch split over data+fsdp, parameters' embed dimension split over fsdp.
+    "fsdp": (
+        ("batch", BATCH_AXES),
+        ("embed", "fsdp"),
+        ("conv_out", "fsdp"),
+    ),
+    # Megatron tensor parallelism: heads and mlp split over tensor.
+    "tp": (
+        ("batch", BATCH_AXES),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+    ),
+    "fsdp_tp": (
+        ("batch", BATCH_AXES),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+    ),
+    # Sequence (context) parallelism: video tokens split over context, params as fsdp.
+    "context": (
+        ("batch", BATCH_AXES),
+        ("length", "context"),
+        ("embed", "fsdp"),
+    ),
+}
+
+
+def logical_rules(preset: str):
+    if preset not in PRESETS:
+        raise ValueError(f"mesh.preset={preset!r} is unknown; allowed: {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Leading (batch) axis split over the data-parallel mesh axes."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(abstract_state, mesh, rules):
+    """Shardings for a pytree whose leaves may be nn.Partitioned (logical names) or plain arrays."""
+    logical_specs = nn.get_partition_spec(abstract_state)
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def unbox(tree):
+    """Drops nn.Partitioned boxes, leaving the raw arrays the optimizer and apply() use."""
+    return nn.meta.unbox(tree)
+
+
+def data_parallel_size(mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(batch, mesh):
+    """Places a host-local numpy batch on the mesh (single process: the whole batch)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x) if hasattr(x, "shape") else x,
+        batch)
