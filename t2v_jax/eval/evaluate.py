@@ -1,0 +1,31 @@
+"""Prompt accuracy of a trained system on Bouncing Digits test-set prompts (unseen glyphs)."""
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from t2v_jax.data.bouncing_digits import sample_videos
+from t2v_jax.eval.judge import Judge
+
+
+def test_prompts(data_cfg, num_prompts: int, seed: int) -> list[str]:
+    """Captions of rendered test-split videos: the prompt distribution the model never trained on."""
+    _, captions = sample_videos(num_prompts, "test", seed=seed, num_frames=data_cfg.num_frames,
+                                canvas=data_cfg.canvas)
+    return captions
+
+
+def generate_and_judge(pipeline, prompts, *, batch_size: int = 32, seed: int = 0, progress: bool = True):
+    """Generates one video per prompt in fixed-size batches (one compile) and scores them."""
+    judge = Judge.fit(canvas=pipeline.config.data.canvas)
+    padded = list(prompts) + [prompts[0]] * (-len(prompts) % batch_size)
+    videos = []
+    for start in tqdm(range(0, len(padded), batch_size), desc="sample", disable=not progress):
+        videos.append(pipeline.generate(padded[start:start + batch_size], seed=seed + start))
+    videos_nthwc = np.concatenate(videos)[:len(prompts)]
+    return judge.score(videos_nthwc, prompts), videos_nthwc
+
+
+def format_scores(scores: dict) -> str:
+    return (f"prompt accuracy (all three) {scores['all']:.1%} | digit {scores['digit']:.1%} | "
+            f"colour {scores['colour']:.1%} | direction {scores['direction']:.1%} | "
+            f"identity consistency {scores['identity_consistency']:.1%} | {scores['num_videos']} videos")

@@ -1,0 +1,93 @@
+"""3D convolutions over channels-last video `(B, T, H, W, C)` with explicit temporal padding.
+
+Video VAEs differ only in how they pad time: causal VAEs pad `kt - 1` frames at the start so that frame t
+never sees the future; Allegro pads both ends by repeating the edge frame ("replicate"). Space is always
+"same"-padded with zeros. Both modules hold `kernel (kt, kh, kw, C_in, C_out)` and `bias (C_out,)`
+directly, so a PyTorch `Conv3d` weight maps onto them with one transpose.
+"""
+
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+TEMPORAL_PADDINGS = ("replicate", "zeros", "valid")
+
+
+def pad_time(x_bthwc, before, after, mode):
+    """Pads the frame axis; "replicate" repeats the first/last frame, "zeros" adds black frames."""
+    if mode not in TEMPORAL_PADDINGS:
+        raise ValueError(f"temporal_padding={mode!r}; allowed: {TEMPORAL_PADDINGS}")
+    if mode == "valid" or before == after == 0:
+        return x_bthwc
+    widths = [(0, 0), (before, after), (0, 0), (0, 0), (0, 0)]
+    return jnp.pad(x_bthwc, widths, mode="edge" if mode == "replicate" else "constant")
+
+
+def _same_padding(kernel):
+    return ((kernel - 1) // 2, kernel // 2)
+
+
+class _Conv3dBase(nn.Module):
+    features: int
+    kernel_size: Sequence[int] = (3, 3, 3)
+    strides: Sequence[int] = (1, 1, 1)
+    temporal_padding: str = "replicate"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
+
+    def _time_padding(self):
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x_bthwc):
+        if x_bthwc.ndim != 5:
+            raise ValueError(f"{type(self).__name__} expects (B, T, H, W, C) input, got shape {x_bthwc.shape}")
+        kt, kh, kw = self.kernel_size
+        x_bthwc = pad_time(x_bthwc, *self._time_padding(), self.temporal_padding)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, (None, None, None, "conv_in", "conv_out")),
+            (kt, kh, kw, x_bthwc.shape[-1], self.features),
+            self.param_dtype,
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(self.bias_init, ("conv_out",)), (self.features,), self.param_dtype
+            )
+        x_bthwc, kernel, bias = nn.dtypes.promote_dtype(x_bthwc, kernel, bias, dtype=self.dtype)
+        y_bthwc = lax.conv_general_dilated(
+            x_bthwc,
+            kernel,
+            window_strides=tuple(self.strides),
+            padding=[(0, 0), _same_padding(kh), _same_padding(kw)],
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        )
+        if bias is not None:
+            y_bthwc = y_bthwc + bias
+        return y_bthwc
+
+
+class CausalConv3d(_Conv3dBase):
+    """Causal in time: pads `kt - 1` frames at the start only, so output frame t sees input frames <= t."""
+
+    def _time_padding(self):
+        return self.kernel_size[0] - 1, 0
+
+
+class TemporalConv(_Conv3dBase):
+    """Centred temporal padding: `(kt-1)//2` frames before and `kt//2` after (Allegro's (3,1,1) convs).
+
+    `temporal_padding="valid"` gives the unpadded strided conv Allegro uses to halve the frame count.
+    """
+
+    kernel_size: Sequence[int] = (3, 1, 1)
+
+    def _time_padding(self):
+        kt = self.kernel_size[0]
+        return (kt - 1) // 2, kt // 2

@@ -1,0 +1,121 @@
+"""The two training stages of the latent text-to-video system: VAE, then DiT + text encoder.
+
+Each stage is what `trainer.fit` needs: `init_params(rng)`, a pure `loss_fn(params, batch,
+rng)` and a host-side `prepare_batch`. The DiT stage encodes videos with the frozen VAE inside
+the jitted step, so any dataset works without a latent cache.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2v_jax.diffusion.losses import diffusion_loss
+from t2v_jax.diffusion.schedules import make_schedule
+from t2v_jax.models.text_encoder import ByteTokenizer, T5Encoder
+from t2v_jax.models.video_dit import VideoDiT
+from t2v_jax.models.video_vae import VideoVAE, vae_encode
+
+
+def vae_loss_terms(recon_bthwc, video_bthwc, mean_bthwc, logvar_bthwc):
+    """Mean-squared reconstruction and the KL of N(mean, exp(logvar)) to N(0, 1), per element."""
+    reconstruction = jnp.mean(jnp.square(recon_bthwc - video_bthwc))
+    kl = 0.5 * jnp.mean(jnp.square(mean_bthwc) + jnp.exp(logvar_bthwc) - 1.0 - logvar_bthwc)
+    return reconstruction, kl
+
+
+class VAEStage:
+    """Reconstruction + KL; no perceptual or adversarial terms, so it trains on a CPU."""
+
+    name = "vae"
+
+    def __init__(self, config):
+        self.config = config
+        self.vae = VideoVAE(config.vae)
+        data = config.data
+        self.video_shape = (1, data.num_frames, data.canvas, data.canvas, 3)
+
+    def init_params(self, rng):
+        sample_rng, param_rng = jax.random.split(rng)
+        return self.vae.init({"params": param_rng, "sample": sample_rng}, jnp.zeros(self.video_shape))
+
+    def prepare_batch(self, batch):
+        return {"video": np.asarray(batch["video"], np.float32)}
+
+    def loss_fn(self, params, batch, rng):
+        recon, mean, logvar = self.vae.apply(params, batch["video"], rngs={"sample": rng})
+        reconstruction, kl = vae_loss_terms(recon, batch["video"], mean, logvar)
+        loss = reconstruction + self.config.train_vae.kl_weight * kl
+        return loss, {"reconstruction": reconstruction, "kl": kl}
+
+
+class TextToVideoModel:
+    """The text encoder and DiT that train together, plus the tokenizer and noise schedule."""
+
+    def __init__(self, config):
+        self.config = config
+        self.tokenizer = ByteTokenizer(config.text.max_length)
+        self.text_encoder = T5Encoder(config.text.encoder)
+        self.dit = VideoDiT(config.dit)
+        d = config.diffusion
+        self.schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+
+    def encode_text(self, params, ids_bl, mask_bl):
+        return self.text_encoder.apply(params["text_encoder"], ids_bl, mask_bl)
+
+    def denoise(self, params, x_bthwc, t_b, cond):
+        """The Denoiser interface: cond = (text embeddings, text mask)."""
+        context_bld, context_mask_bl = cond
+        return self.dit.apply(params["dit"], x_bthwc, t_b, context_bld, context_mask_bl)
+
+    def init_params(self, rng, latent_shape):
+        text_rng, dit_rng = jax.random.split(rng)
+        length = self.config.text.max_length
+        ids = jnp.zeros((1, length), jnp.int32)
+        mask = jnp.ones((1, length), bool)
+        text_params = self.text_encoder.init(text_rng, ids, mask)
+        context = jnp.zeros((1, length, self.config.text.encoder.width))
+        dit_params = self.dit.init(dit_rng, jnp.zeros((1, *latent_shape)), jnp.zeros((1,)), context, mask)
+        return {"text_encoder": text_params, "dit": dit_params}
+
+
+class DiTStage:
+    """Denoising loss on latents of the frozen VAE, with caption dropout for guidance."""
+
+    name = "dit"
+
+    def __init__(self, config, vae_params):
+        from t2v_jax.config import latent_shape
+
+        self.config = config
+        self.model = TextToVideoModel(config)
+        self.vae = VideoVAE(config.vae)
+        self.vae_params = vae_params
+        self.latent_shape = latent_shape(config)
+        null_ids, null_mask = self.model.tokenizer([""])
+        self.null_ids_l, self.null_mask_l = null_ids[0], null_mask[0]
+
+    def init_params(self, rng):
+        return self.model.init_params(rng, self.latent_shape)
+
+    def prepare_batch(self, batch):
+        ids, mask = self.model.tokenizer([str(c) for c in batch["caption"]])
+        return {"video": np.asarray(batch["video"], np.float32), "ids": ids, "mask": mask}
+
+    def loss_fn(self, params, batch, rng):
+        encode_rng, rng = jax.random.split(rng)
+        latents = jax.lax.stop_gradient(
+            vae_encode(self.vae, self.vae_params, batch["video"], rng=encode_rng, tiled=False))
+        return self.latent_loss(params, latents, batch["ids"], batch["mask"], rng)
+
+    def latent_loss(self, params, latents_bthwc, ids_bl, mask_bl, rng):
+        """Denoising loss on given latents; caption dropout swaps in the empty caption."""
+        dropout_rng, diffusion_rng = jax.random.split(rng)
+        drop_b = jax.random.bernoulli(dropout_rng, self.config.text.caption_dropout, (latents_bthwc.shape[0],))
+        ids_bl = jnp.where(drop_b[:, None], self.null_ids_l[None], ids_bl)
+        mask_bl = jnp.where(drop_b[:, None], self.null_mask_l[None], mask_bl)
+        cond = (self.model.encode_text(params, ids_bl, mask_bl), mask_bl)
+        loss, _ = diffusion_loss(
+            lambda x_t, t_b: self.model.denoise(params, x_t, t_b, cond), self.model.schedule, latents_bthwc,
+            diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
+            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+        return loss, {"latent_std": jnp.std(latents_bthwc)}
