@@ -1,4 +1,4 @@
-"""CPU quickstart: Bouncing Digits 32x32x16, tiny VAE + DiT + byte-level T5, judged on test glyphs.
+"""CPU quickstart: Bouncing Digits 16x16x8, tiny VAE + DiT + byte-level T5, judged on test glyphs.
 
 Command:  python scripts/quickstart.py            (same as --config configs/quickstart.py)
 Hardware: 2-core x86-64 CPU, 24 GiB, no accelerator.
@@ -26,10 +26,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
-        name="bouncing_digits", dir="data_cache", num_frames=16, canvas=32, train_size=8000,
+        name="bouncing_digits", dir="data_cache", num_frames=8, canvas=16, train_size=8000,
         test_size=512, seed=0, folder="", captions_file="", worker_count=0))
 
     config.vae = video_vae.default_config()
+    config.vae.block_out_channels = (8, 16)
+    config.vae.temporal_downsample = (True, False)
+    config.vae.spatial_downsample = (True, False)
+    config.vae.norm_num_groups = 4
+    config.vae.mid_attention = False
+    config.vae.tile_frames = 8
+    config.vae.tile_size = 16
+    config.vae.tile_overlap_frames = 2
+    config.vae.tile_overlap = (4, 4)
 
     config.text = ml_collections.ConfigDict()
     config.text.max_length = 24
@@ -47,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sampling = ml_collections.ConfigDict(dict(
         method="ddim", num_steps=50, guidance_scale=4.0, eta=0.0, negative_prompt=""))
 
-    config.train_vae = train_config(num_steps=300, kl_weight=1e-4)
+    config.train_vae = train_config(num_steps=400, learning_rate=2e-3, kl_weight=1e-4)
     config.train_dit = train_config(num_steps=1000)
 
     config.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, context=1, tensor=1), preset="dp"))

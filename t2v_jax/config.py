@@ -90,7 +90,8 @@ def validate_diffusion(config):
     _one_of(diff.schedule, "diffusion.schedule", SCHEDULE_KINDS)
     _one_of(diff.prediction_type, "diffusion.prediction_type", PREDICTION_TYPES)
     _one_of(samp.method, "sampling.method", SAMPLERS)
-    _require(samp.num_steps > 0, "sampling.num_steps", f"must be positive, got {samp.num_steps}")
+    _require(0 < samp.num_steps <= diff.num_train_steps, "sampling.num_steps",
+             f"must be in [1, diffusion.num_train_steps={diff.num_train_steps}], got {samp.num_steps}")
     is_flow = diff.schedule == "flow"
     _require(is_flow == (diff.prediction_type == "flow"), "diffusion.prediction_type",
              f"{diff.prediction_type!r} does not fit schedule {diff.schedule!r}: the flow schedule "
@@ -98,6 +99,8 @@ def validate_diffusion(config):
     _require(is_flow == (samp.method == "flow_euler"), "sampling.method",
              f"{samp.method!r} does not fit schedule {diff.schedule!r}: use 'flow_euler' with 'flow' "
              "and ddpm/ddim/euler_ancestral otherwise")
+    _require(not (is_flow and diff.min_snr_gamma), "diffusion.min_snr_gamma",
+             "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
 
 
 def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "train_dit")):

@@ -15,13 +15,14 @@ from t2v_jax.layers.rope import rope_3d
 
 AVAILABLE = available_implementations()
 UNAVAILABLE = tuple(name for name in IMPLEMENTATIONS if name not in AVAILABLE)
-run = jax.jit(attention, static_argnames=("causal", "implementation", "chunk_size"))
+run = jax.jit(attention, static_argnames=("causal", "implementation", "chunk_size", "scale"))
 
 
-def reference(q, k, v, mask=None, bias=None, causal=False):
+def reference(q, k, v, mask=None, bias=None, causal=False, scale=None):
     """Textbook attention in float64 numpy; rows with no key give zeros."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    logits = np.einsum("blhd,bshd->bhls", q, k) / math.sqrt(q.shape[-1])
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = np.einsum("blhd,bshd->bhls", q, k) * scale
     if bias is not None:
         logits = logits + np.asarray(bias, np.float64)
     valid = np.ones(logits.shape, bool)
@@ -59,6 +60,7 @@ CASES = {
     "bias_mask": dict(num_queries=6, num_keys=10, mask=True, bias=True),
     "causal": dict(num_queries=10, num_keys=10, causal=True),
     "causal_mask_bias": dict(num_queries=10, num_keys=10, causal=True, mask=True, bias=True),
+    "t5_unscaled": dict(num_queries=6, num_keys=6, mask=True, bias=True, scale=1.0),
 }
 
 
@@ -76,10 +78,11 @@ def test_matches_numpy_reference(implementation, case, chunk_size):
     if spec.get("bias"):
         bias = jnp.asarray(np.random.default_rng(2).normal(
             size=(1, 2, spec["num_queries"], spec["num_keys"])), jnp.float32)
-    causal = spec.get("causal", False)
+    causal, scale = spec.get("causal", False), spec.get("scale")
     out = run(q, k, v, kv_mask_bs=mask, bias_bhls=bias, causal=causal,
-              implementation=implementation, chunk_size=chunk_size)
-    np.testing.assert_allclose(out, reference(q, k, v, mask, bias, causal), atol=2e-5, rtol=1e-5)
+              implementation=implementation, chunk_size=chunk_size, scale=scale)
+    np.testing.assert_allclose(out, reference(q, k, v, mask, bias, causal, scale), atol=2e-5,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -109,7 +112,7 @@ def test_chunked_gradients_match_xla(causal):
     def loss(implementation):
         def fn(q, k, v, bias):
             out = attention(q, k, v, kv_mask_bs=mask, bias_bhls=bias, causal=causal,
-                            implementation=implementation, chunk_size=3)
+                            implementation=implementation, chunk_size=3, scale=0.7)
             return jnp.sum(out * jnp.cos(out))
         return jax.jit(jax.grad(fn, argnums=(0, 1, 2, 3)))(q, k, v, bias)
 
@@ -188,7 +191,7 @@ def test_splash_wrapper_in_interpret_mode():
 
     def splash(q):
         valid = attn._row_valid_bl(mask, 7, True)[:, :, None, None]
-        return jnp.where(valid, attn._splash(q, k, v, mask, True, interpret=True), 0)
+        return jnp.where(valid, attn._splash(q, k, v, mask, True, 1 / math.sqrt(8), interpret=True), 0)
 
     np.testing.assert_allclose(splash(q), reference(q, k, v, mask, causal=True), atol=2e-5)
     grad = jax.grad(lambda q: jnp.sum(splash(q) ** 2))(q)

@@ -247,5 +247,7 @@ def test_euler_ancestral_v_step_matches_diffusers(t, t_prev):
 
     x_in = sample_ve / np.sqrt(sigma**2 + 1)  # diffusers' scale_model_input
     got_x0, got_eps = to_x0_eps(v, x_in, jnp.float32(t), LINEAR, "v")
-    got = euler_ancestral_step(sample_ve, got_x0, got_eps, jnp.float32(t), jnp.float32(t_prev), LINEAR, noise=Z)
+    got = euler_ancestral_step(
+        sample_ve, got_x0, got_eps, jnp.float32(t), jnp.float32(t_prev), LINEAR, noise=Z
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 """VideoDiT: scanned stack vs per-layer blocks, remat invariance, text conditioning, bf16, size."""
 
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -20,7 +21,7 @@ TEXT_LEN, CAPTION_CHANNELS = 5, 16
 def tiny_config(**overrides):
     """2 layers, 2 heads x 12 (3D RoPE needs head_dim divisible by 6), 4x8x8x4 latents."""
     config = default_config()
-    config.update(dict(num_layers=2, num_heads=2, head_dim=12, caption_channels=CAPTION_CHANNELS,
+    config.update(dict(num_layers=2, width=24, num_heads=2, caption_channels=CAPTION_CHANNELS,
                        rope_interpolation_scale=(2.2, 2.0, 2.0)))
     config.update(overrides)
     return config
@@ -35,13 +36,17 @@ def inputs(seed=0):
     return x, t, context, mask
 
 
-def perturb(params, seed=1, scale=0.2):
-    """Adds noise to every parameter so that zero-initialised layers (cross-attention out,
-    proj_out) do not make outputs or gradients trivially equal."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noisy = [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, noisy)
+def random_params(model, *args, seed=1):
+    """Random parameters of the model's shapes, drawn in numpy: no init compile, and no
+    zero-initialised layers (cross-attention out, proj_out) making outputs or gradients
+    trivially equal. Kernels get std 1/sqrt(fan_in), vectors and tables std 0.3."""
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args)["params"])
+    rng = np.random.default_rng(seed)
+
+    def draw(shape):
+        std = 1 / math.sqrt(shape.shape[-2]) if len(shape.shape) >= 2 else 0.3
+        return jnp.asarray(rng.normal(size=shape.shape) * std, shape.dtype)
+    return jax.tree.map(draw, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,7 @@ def setup():
     config = tiny_config()
     x, t, context, mask = inputs()
     model = VideoDiT(config)
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), x, t, context, mask)["params"])
-    params = jax.jit(perturb)(params)
+    params = random_params(model, x, t, context, mask)
     apply = jax.jit(lambda p, x, t, c, m: model.apply({"params": p}, x, t, c, m))
     return config, params, apply, (x, t, context, mask)
 
@@ -94,22 +98,37 @@ def test_scanned_stack_equals_sequential_blocks(setup):
 
 
 def test_remat_policies_give_identical_outputs_and_gradients(setup):
-    config, params, _, (x, t, context, mask) = setup
+    _, params, _, (x, t, context, mask) = setup
+    policies = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
-    def value_and_grad(policy):
-        model = VideoDiT(tiny_config(remat_policy=policy))
+    def all_policies(params):
+        """One jit for all four: a single compile is cheaper than four on a shared CPU."""
+        results = []
+        for policy in policies:
+            model = VideoDiT(tiny_config(remat_policy=policy))
+            loss = lambda p: jnp.mean(model.apply({"params": p}, x, t, context, mask) ** 2)  # noqa: E731
+            results.append(jax.value_and_grad(loss)(params))
+        return results
 
-        def loss(p):
-            return jnp.mean(model.apply({"params": p}, x, t, context, mask) ** 2)
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    want_loss, want_grads = value_and_grad("none")
+    results = jax.jit(all_policies)(params)
+    want_loss, want_grads = results[0]
     assert float(jnp.abs(want_grads["blocks"]["attn1"]["query"]["kernel"]).max()) > 0
-    for policy in ("full", "dots_saveable", "dots_with_no_batch_dims_saveable"):
-        loss, grads = value_and_grad(policy)
-        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6),
-                     grads, want_grads)
+    for policy, (loss, grads) in zip(policies[1:], results[1:]):
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=policy)
+        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6,
+                                                             err_msg=policy), grads, want_grads)
+
+
+def test_remat_policy_reaches_the_checkpoint(setup):
+    """The config string maps to the intended jax.checkpoint policy ("none": no remat at all)."""
+    _, params, _, (x, t, context, mask) = setup
+    expected = {"none": set(), "full": {"None"},
+                "dots_saveable": {"DotsSaveable(only_if_no_batch_dims=False)"},
+                "dots_with_no_batch_dims_saveable": {"DotsSaveable(only_if_no_batch_dims=True)"}}
+    for policy, want in expected.items():
+        model = VideoDiT(tiny_config(remat_policy=policy))
+        jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, x, t, context, mask))(params))
+        assert set(re.findall(r"policy=(\S+)", jaxpr)) == want, policy
 
 
 def test_text_context_matters_but_masked_tokens_do_not(setup):
@@ -151,9 +170,10 @@ def test_allegro_config_has_2p8b_parameters_and_partitioning():
 
 def test_config_errors_name_the_field():
     x, t, context, mask = inputs()
-    with pytest.raises(ValueError, match="remat_policy"):
-        VideoDiT(tiny_config(remat_policy="some")).init(jax.random.key(0), x, t, context, mask)
-    with pytest.raises(ValueError, match="does not divide"):
-        VideoDiT(tiny_config(patch_thw=(1, 3, 3))).init(jax.random.key(0), x, t, context, mask)
+    for overrides, message in (({"remat_policy": "some"}, "remat_policy"),
+                               ({"patch_thw": (1, 3, 3)}, "does not divide")):
+        with pytest.raises(ValueError, match=message):
+            jax.eval_shape(VideoDiT(tiny_config(**overrides)).init, jax.random.key(0), x, t,
+                           context, mask)
     with pytest.raises(ValueError, match="resolution"):
         allegro_config("1080p")

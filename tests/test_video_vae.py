@@ -28,7 +28,7 @@ def _tiny_config():
 
 
 def _numpy_params(vae, video_shape, seed, *, zero_last_temporal_conv):
-    """Random parameters of the right shapes; optionally the temporal blocks' last conv zeroed, as `init` does."""
+    """Random parameters of the right shapes; optionally each temporal block's last conv zeroed, as init."""
     rngs = {"params": jax.random.key(0), "sample": jax.random.key(1)}
     shapes = nn.unbox(jax.eval_shape(vae.init, rngs, jnp.zeros(video_shape)))
     rng = np.random.default_rng(seed)
@@ -41,8 +41,9 @@ def _numpy_params(vae, video_shape, seed, *, zero_last_temporal_conv):
         elif path[-1] == "scale":
             value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
         else:
-            value = 0.0 if zero_last_temporal_conv and path[-2] == "conv4" else 0.1 * rng.normal(size=leaf.shape)
-            value = np.broadcast_to(value, leaf.shape)
+            value = 0.1 * rng.normal(size=leaf.shape)
+            if zero_last_temporal_conv and path[-2] == "conv4":
+                value = np.zeros(leaf.shape)
         flat[path] = jnp.asarray(value, jnp.float32)
     return {"params": traverse_util.unflatten_dict(flat)}
 
@@ -77,7 +78,8 @@ def test_compression_ratios_and_shapes(model):
 
 
 def test_allegro_architecture_size():
-    """Allegro's VideoVAE has 175M parameters (174,955,751 here; diffusers layout)."""
+    """Allegro's VideoVAE is published as 175M parameters; this port has 174,955,751 (pinned, so that an
+    accidental change to the architecture fails here) and encodes 88 frames to 22 latent frames."""
     vae = vv.VideoVAE(vv.allegro_config())
     shapes = jax.eval_shape(vae.init, {"params": jax.random.key(0), "sample": jax.random.key(1)},
                             jnp.zeros((1, 8, 16, 16, 3)))
@@ -87,9 +89,15 @@ def test_allegro_architecture_size():
     assert latents[0].shape == (1, 22, 4, 6, 4)
 
 
-def test_scaling_factor_and_posterior_sampling(model):
-    """Latents leave vae_encode multiplied by scaling_factor and enter the decoder divided by it."""
-    cfg, vae, params, encode, decode = model
+def test_scaling_factor_and_posterior_sampling():
+    """Latents leave vae_encode multiplied by scaling_factor and enter the decoder divided by it.
+
+    A one-block VAE without down-sampling keeps the compile short; the scaling code does not care."""
+    cfg = vv.default_config()
+    cfg.update(block_out_channels=(4,), norm_num_groups=2, temporal_downsample=(False,),
+               spatial_downsample=(False,), mid_attention=False)
+    vae = vv.VideoVAE(cfg)
+    params = _numpy_params(vae, (1, 4, 8, 8, 3), 1, zero_last_temporal_conv=False)
     cfg = cfg.copy_and_resolve_references()
     cfg.scaling_factor = 0.25
     scaled = vv.VideoVAE(cfg)
@@ -98,21 +106,19 @@ def test_scaling_factor_and_posterior_sampling(model):
     def run(params, video, latents):
         mean, logvar = vae.apply(params, video, method=vv.VideoVAE.encode)
         draws = [vv.vae_encode(scaled, params, video, rng=jax.random.key(s), tiled=False) for s in (4, 5)]
-        recon, mean2, _ = vae.apply(params, video, rngs={"sample": jax.random.key(6)})
         return dict(mean=mean, logvar=logvar, scaled_mean=vv.vae_encode(scaled, params, video, tiled=False),
-                    draws=draws, recon=recon, mean2=mean2,
-                    decoded=vv.vae_decode(scaled, params, latents, tiled=False),
+                    draws=draws, decoded=vv.vae_decode(scaled, params, latents, tiled=False),
                     reference=vae.apply(params, latents / 0.25, method=vv.VideoVAE.decode))
 
-    video = _video((1, 4, 16, 16, 3), 2)
-    out = run(params, video, jax.random.normal(jax.random.key(3), (1, 2, 4, 4, 4)))
+    video = _video((1, 4, 8, 8, 3), 2)
+    out = run(params, video, jax.random.normal(jax.random.key(3), (1, 4, 8, 8, 4)))
     np.testing.assert_allclose(out["scaled_mean"], 0.25 * out["mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["decoded"], out["reference"], atol=1e-5)
     z_scores = (out["draws"][0] / 0.25 - out["mean"]) / jnp.exp(0.5 * out["logvar"])
     assert abs(float(z_scores.std()) - 1.0) < 0.15 and abs(float(z_scores.mean())) < 0.15
     assert float(jnp.abs(out["draws"][0] - out["draws"][1]).max()) > 1e-3
-    assert out["recon"].shape == video.shape
-    np.testing.assert_allclose(out["mean2"], out["mean"], atol=1e-6)
+    recon = jax.eval_shape(functools.partial(vae.apply, rngs={"sample": jax.random.key(6)}), params, video)
+    assert [x.shape for x in recon] == [video.shape, out["mean"].shape, out["mean"].shape]
 
 
 def _interior_frames(num_frames, tile, overlap, margin):
@@ -204,7 +210,8 @@ def test_interleave_frames_matches_torch_unflatten_permute():
     """Allegro: h (B, 2C, T, H, W).unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5).flatten(2, 3)."""
     h_bcthw = np.random.default_rng(10).normal(size=(2, 6, 3, 2, 2)).astype(np.float32)
     b, c2, t, hh, ww = h_bcthw.shape
-    ref = h_bcthw.reshape(b, 2, c2 // 2, t, hh, ww).transpose(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, hh, ww)
+    ref = h_bcthw.reshape(b, 2, c2 // 2, t, hh, ww).transpose(0, 2, 3, 1, 4, 5)
+    ref = ref.reshape(b, c2 // 2, 2 * t, hh, ww)
     ours = vv.interleave_frames(jnp.asarray(h_bcthw.transpose(0, 2, 3, 4, 1)))
     np.testing.assert_array_equal(np.asarray(ours).transpose(0, 4, 1, 2, 3), ref)
 
@@ -217,7 +224,8 @@ def test_kl_divergence_matches_closed_form():
     zeros = jnp.zeros((1, 2, 2, 2, 4))
     assert float(vv.kl_divergence(zeros, zeros)[0]) == 0.0
     samples = mean[:1, None] + np.exp(0.5 * logvar[:1, None]) * rng.normal(size=(1, 20000) + mean.shape[1:])
-    log_ratio = 0.5 * (-(samples - mean[:1, None]) ** 2 / np.exp(logvar[:1, None]) - logvar[:1, None] + samples**2)
+    m, lv = mean[:1, None], logvar[:1, None]
+    log_ratio = 0.5 * (-((samples - m) ** 2) / np.exp(lv) - lv + samples**2)  # log q(z) - log p(z)
     monte_carlo = log_ratio.reshape(1, 20000, -1).sum(-1).mean()
     assert abs(monte_carlo - ref[0]) < 0.05 * ref[0]
 

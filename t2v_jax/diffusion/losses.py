@@ -57,7 +57,7 @@ def diffusion_loss(denoise_fn, schedule, x0, rng, *, prediction_type="eps", min_
     if flow:
         t_b = jax.random.uniform(t_key, (batch,), jnp.float32) * n
     else:
-        t_b = jax.random.randint(t_key, (batch,), 0, n // 2)
+        t_b = jax.random.randint(t_key, (batch,), 0, n)
     x0 = x0.astype(jnp.float32)
     eps = jax.random.normal(noise_key, x0.shape, jnp.float32)
     alpha_b, sigma_b = signal_noise(schedule, t_b, flow=flow)

@@ -109,7 +109,7 @@ def ddim_step(x_t, x0, eps, t, t_prev, schedule, *, eta, noise=None) -> jax.Arra
 
 
 def ddpm_step(x_t, x0, eps, t, t_prev, schedule, *, noise) -> jax.Array:
-    """Ancestral step from q(x_prev | x_t, x0) with the "fixed_small" posterior variance, as diffusers' DDPMScheduler.
+    """Ancestral step from q(x_prev | x_t, x0), "fixed_small" variance, as diffusers' DDPMScheduler.
 
     Works for skipped steps too: beta is taken between t and t_prev. eps is unused (the
     posterior is written in x0 and x_t); no x0 clipping, since latents are not bounded.
@@ -152,7 +152,7 @@ _STEPS = {
 }
 
 
-def _guided(denoise_fn, cond, uncond, guidance_scale):
+def guided_predictor(denoise_fn, cond, uncond, guidance_scale):
     """Predictor with classifier-free guidance in ONE denoiser call: cond and uncond share the batch.
 
     Guidance is skipped only when guidance_scale is a concrete 1, so a traced scale still works.
@@ -190,14 +190,15 @@ def sample(
     (or flow) sample and t_b the (batch,) model time. With uncond (a pytree shaped like cond) and
     guidance_scale != 1 each step makes one call on the doubled batch and uses
     uncond + guidance_scale * (cond - uncond). rng draws the per-step noise of ddpm,
-    euler_ancestral and ddim with eta > 0. eta is used by ddim only.
+    euler_ancestral and ddim with eta > 0. eta is used by ddim only. The state and the result
+    keep noise's dtype.
     """
     _check(method, prediction_type)
     t_n, t_prev_n = timesteps(method, num_steps, schedule)
     step = functools.partial(ddim_step, eta=eta) if method == "ddim" else _STEPS[method]
-    predict = _guided(denoise_fn, cond, uncond, guidance_scale)
+    predict = guided_predictor(denoise_fn, cond, uncond, guidance_scale)
     karras = method == "euler_ancestral"
-    x = noise * sigma_at(schedule, t_n[0]) if karras else noise
+    x = (noise * sigma_at(schedule, t_n[0])).astype(noise.dtype) if karras else noise
 
     def body(x, inputs):
         t, t_prev, key = inputs

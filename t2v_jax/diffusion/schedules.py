@@ -43,7 +43,7 @@ def _cosine_betas(n: int) -> np.ndarray:
 
 
 def _flow_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rectified flow on s = i / n as a VP table: alphas_cumprod has SNR ((1 - s) / s)^2, sigma = s / (1 - s).
+    """Rectified flow on s = i / n as a VP table: SNR ((1 - s) / s)^2, so sigma = s / (1 - s).
 
     Built in float64 from s itself, since near s = 0 a float32 cumulative product would lose sigma.
     """
@@ -54,7 +54,7 @@ def _flow_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def make_schedule(kind="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02) -> Schedule:
-    """Builds a schedule; the defaults are Allegro/LaVie's (Stable Diffusion: scaled_linear, 0.00085, 0.012)."""
+    """Builds a schedule; defaults are Allegro/LaVie's (Stable Diffusion: scaled_linear, 0.00085, 0.012)."""
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"schedule kind {kind!r} is not one of {SCHEDULE_KINDS}")
     if num_train_steps < 2:

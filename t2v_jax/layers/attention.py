@@ -15,8 +15,9 @@ nothing silently falls back. ``"auto"`` picks the best one available.
 
 Conventions shared by every kernel: `kv_mask_bs` is a boolean key-padding mask (True =
 attend); `bias_bhls` is an additive score bias (T5 relative position bias) broadcastable to
-(B, H, L, S); `causal` needs L == S (query i sees keys 0..i). A query row with no key to
-attend outputs zeros instead of NaN (and gets zero gradients).
+(B, H, L, S); `causal` needs L == S (query i sees keys 0..i); `scale` defaults to 1/sqrt(d)
+(T5 uses 1.0). A query row with no key to attend outputs zeros instead of NaN (and gets zero
+gradients).
 """
 
 import functools
@@ -91,9 +92,10 @@ def _as_4d(bias):
 
 
 def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal: bool = False,
-              implementation: str = "xla", chunk_size: int = 512):
-    """Scaled dot-product attention softmax(q k^T / sqrt(d) + bias) v over heads; see module doc."""
+              implementation: str = "xla", chunk_size: int = 512, scale: float | None = None):
+    """Scaled dot-product attention softmax(scale q k^T + bias) v over heads; see module doc."""
     batch, num_queries, num_heads, head_dim = q_blhd.shape
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     num_keys = k_bshd.shape[1]
     if causal and num_queries != num_keys:
         raise ValueError(f"causal attention needs as many queries as keys, got L={num_queries}, "
@@ -106,25 +108,25 @@ def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal
         bias_bhls = _as_4d(jnp.asarray(bias_bhls))
     name = resolve_implementation(implementation, dtype=q_blhd.dtype, has_bias=bias_bhls is not None)
     if name == "chunked":
-        return _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size)
+        return _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size, scale)
     if name == "splash":
         if bias_bhls is not None:
             raise ValueError("attention implementation 'splash' takes no additive bias; "
                              "use 'xla', 'cudnn' or 'chunked' for biased attention")
-        out_blhd = _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal)
+        out_blhd = _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, scale)
     elif name == "cudnn":
-        out_blhd = _cudnn(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal)
+        out_blhd = _cudnn(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, scale)
     else:
         mask = None if kv_mask_bs is None else kv_mask_bs[:, None, None, :]
         out_blhd = jax.nn.dot_product_attention(q_blhd, k_bshd, v_bshd, bias=bias_bhls, mask=mask,
-                                                is_causal=causal, implementation="xla")
+                                                scale=scale, is_causal=causal, implementation="xla")
     row_valid_bl = _row_valid_bl(kv_mask_bs, num_queries, causal)
     if row_valid_bl is None:
         return out_blhd
     return jnp.where(row_valid_bl[:, :, None, None], out_blhd, 0).astype(out_blhd.dtype)
 
 
-def _cudnn(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal):
+def _cudnn(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, scale):
     """cuDNN flash attention; its bias must span the full (L, S), so masks are broadcast."""
     half = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if q_blhd.dtype not in half:
@@ -139,14 +141,14 @@ def _cudnn(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal):
         bias_bhls = jnp.broadcast_to(
             bias_bhls, bias_bhls.shape[:2] + (num_queries, num_keys)).astype(q_blhd.dtype)
     return jax.nn.dot_product_attention(q_blhd, k_bshd, v_bshd, bias=bias_bhls, mask=mask,
-                                        is_causal=causal, implementation="cudnn")
+                                        scale=scale, is_causal=causal, implementation="cudnn")
 
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, *, interpret: bool = False):
+def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, scale, *, interpret: bool = False):
     """Pallas TPU splash kernel. Lengths are padded to the block size; padded keys are masked
     with segment ids. A query with no valid key is given the masked keys instead (splash
     needs a non-empty row) and is zeroed by the caller. `interpret` runs it on CPU for tests."""
@@ -170,7 +172,6 @@ def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, *, interpret: bool = Fal
         x = jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0)))
         return jnp.transpose(x, (0, 2, 1, 3))
 
-    scale = 1.0 / math.sqrt(head_dim)
     q_bhld = to_bhld(q_blhd * jnp.asarray(scale, q_blhd.dtype), padded_q)
     k_bhsd, v_bhsd = to_bhld(k_bshd, padded_k), to_bhld(v_bshd, padded_k)
     shape = (padded_q, padded_k)
@@ -184,7 +185,7 @@ def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, *, interpret: bool = Fal
     return jnp.transpose(out_bhld, (0, 2, 1, 3))[:, :num_queries].astype(q_blhd.dtype)
 
 
-def _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size):
+def _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size, scale):
     """Pads keys to a multiple of the chunk (padding masked) and runs the streaming kernel.
 
     Broadcasting and padding of the bias happen out here so autodiff reduces its gradient back
@@ -201,7 +202,7 @@ def _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size):
     if bias_bhls is not None:
         bias_bhls = jnp.broadcast_to(bias_bhls, bias_bhls.shape[:3] + (num_keys,))
         bias_bhls = jnp.pad(bias_bhls, ((0, 0), (0, 0), (0, 0), (0, pad)))
-    return _streaming_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk)
+    return _streaming_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk, scale)
 
 
 def _split_chunks(x, chunk: int, axis: int):
@@ -238,16 +239,15 @@ def _chunk_inputs(k_bshd, v_bshd, mask_bs, bias_bhls, chunk):
             _split_chunks(mask_bs, chunk, 1), bias_chunks, offsets)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _streaming_attention(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk):
-    return _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _streaming_attention(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
+    return _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale)[0]
 
 
-def _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk):
+def _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
     """Online softmax over key chunks (FlashAttention's recurrence); also returns the
     log-sum-exp per row, which is all the backward pass needs to rebuild probabilities."""
     batch, num_queries, num_heads, head_dim = q_blhd.shape
-    scale = 1.0 / math.sqrt(head_dim)
 
     def step(carry, chunk_inputs):
         max_bhl, denom_bhl, acc_bhld = carry
@@ -274,15 +274,15 @@ def _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk
     return out_blhd, lse_bhl
 
 
-def _streaming_fwd(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk):
-    out_blhd, lse_bhl = _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk)
+def _streaming_fwd(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
+    out_blhd, lse_bhl = _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk,
+                                           scale)
     return out_blhd, (q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, out_blhd, lse_bhl)
 
 
-def _streaming_bwd(causal, chunk, residuals, dout_blhd):
+def _streaming_bwd(causal, chunk, scale, residuals, dout_blhd):
     """Chunk-by-chunk gradients from the saved log-sum-exp (FlashAttention-2 backward)."""
     q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, out_blhd, lse_bhl = residuals
-    scale = 1.0 / math.sqrt(q_blhd.shape[-1])
     dout_blhd = dout_blhd.astype(jnp.float32)
     delta_bhl = jnp.einsum("blhd,blhd->bhl", dout_blhd, out_blhd.astype(jnp.float32))
     bias_sum_axes = () if bias_bhls is None else tuple(
@@ -325,7 +325,8 @@ class Attention(nn.Module):
     """q/k/v/out projections around `attention()`; self-attention when `context_bsd` is None.
 
     `rope` is None or (cos_ld, sin_ld, num_chunks), applied to q and k in self-attention.
-    `out_kernel_init` lets a model zero-initialise the output (LaVie's temporal attention)."""
+    `out_kernel_init` lets a model zero-initialise the output (LaVie's temporal attention);
+    `scale=None` is 1/sqrt(head_dim), T5 uses 1.0."""
 
     num_heads: int
     head_dim: int
@@ -334,6 +335,7 @@ class Attention(nn.Module):
     use_bias: bool = True
     causal: bool = False
     chunk_size: int = 512
+    scale: float | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.linear.default_kernel_init
@@ -359,7 +361,7 @@ class Attention(nn.Module):
             k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks)
         o_blhd = attention(q_blhd, k_bshd, v_bshd, kv_mask_bs=kv_mask_bs, bias_bhls=bias_bhls,
                            causal=self.causal, implementation=self.implementation,
-                           chunk_size=self.chunk_size)
+                           chunk_size=self.chunk_size, scale=self.scale)
         o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
         out_features = self.out_features or x_bld.shape[-1]
         return _dense("out", out_features, ("heads", "embed"), self.out_kernel_init, self)(o_bld)

@@ -8,6 +8,7 @@ directly, so a PyTorch `Conv3d` weight maps onto them with one transpose.
 
 from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
@@ -29,6 +30,30 @@ def _same_padding(kernel):
     return ((kernel - 1) // 2, kernel // 2)
 
 
+def _conv3d_as_2d(x_bthwc, kernel_thwio, strides):
+    """The same 3D conv (time already padded) as one 2D conv over time-stacked frames.
+
+    XLA:CPU has a fast path for 2D convolutions only; a (kt, kh, kw) conv becomes a (kh, kw)
+    conv whose input channels are the kt frames each output frame sees, with time folded into
+    the batch; a (kt, 1, 1) conv becomes one matmul. Measured on 2 CPU cores: x3 faster for the
+    VAE's (2,3,3) and (3,3,3) convs.
+    """
+    kt, kh, kw, c_in, c_out = kernel_thwio.shape
+    st, sh, sw = strides
+    b, t = x_bthwc.shape[:2]
+    t_out = (t - kt) // st + 1
+    stacked_bthwc = jnp.concatenate(
+        [x_bthwc[:, k:k + st * (t_out - 1) + 1:st] for k in range(kt)], axis=-1)
+    folded_nhwc = stacked_bthwc.reshape((b * t_out,) + stacked_bthwc.shape[2:])
+    kernel_hwio = jnp.transpose(kernel_thwio, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c_in, c_out)
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return jnp.einsum("bthwi,io->bthwo", stacked_bthwc, kernel_hwio[0, 0])
+    y_nhwc = lax.conv_general_dilated(
+        folded_nhwc, kernel_hwio, window_strides=(sh, sw),
+        padding=[_same_padding(kh), _same_padding(kw)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y_nhwc.reshape((b, t_out) + y_nhwc.shape[1:])
+
+
 class _Conv3dBase(nn.Module):
     features: int
     kernel_size: Sequence[int] = (3, 3, 3)
@@ -46,7 +71,8 @@ class _Conv3dBase(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc):
         if x_bthwc.ndim != 5:
-            raise ValueError(f"{type(self).__name__} expects (B, T, H, W, C) input, got shape {x_bthwc.shape}")
+            raise ValueError(
+                f"{type(self).__name__} expects (B, T, H, W, C) input, got shape {x_bthwc.shape}")
         kt, kh, kw = self.kernel_size
         x_bthwc = pad_time(x_bthwc, *self._time_padding(), self.temporal_padding)
         kernel = self.param(
@@ -57,17 +83,19 @@ class _Conv3dBase(nn.Module):
         )
         bias = None
         if self.use_bias:
-            bias = self.param(
-                "bias", nn.with_logical_partitioning(self.bias_init, ("conv_out",)), (self.features,), self.param_dtype
-            )
+            bias_init = nn.with_logical_partitioning(self.bias_init, ("conv_out",))
+            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         x_bthwc, kernel, bias = nn.dtypes.promote_dtype(x_bthwc, kernel, bias, dtype=self.dtype)
-        y_bthwc = lax.conv_general_dilated(
-            x_bthwc,
-            kernel,
-            window_strides=tuple(self.strides),
-            padding=[(0, 0), _same_padding(kh), _same_padding(kw)],
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        if jax.default_backend() == "cpu":
+            y_bthwc = _conv3d_as_2d(x_bthwc, kernel, tuple(self.strides))
+        else:
+            y_bthwc = lax.conv_general_dilated(
+                x_bthwc,
+                kernel,
+                window_strides=tuple(self.strides),
+                padding=[(0, 0), _same_padding(kh), _same_padding(kw)],
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            )
         if bias is not None:
             y_bthwc = y_bthwc + bias
         return y_bthwc

@@ -65,7 +65,8 @@ class GroupNorm(nn.Module):
     def __call__(self, x):
         channels = x.shape[-1]
         if channels % self.num_groups:
-            raise ValueError(f"GroupNorm: {channels} channels are not divisible by num_groups={self.num_groups}")
+            raise ValueError(
+                f"GroupNorm: {channels} channels are not divisible by num_groups={self.num_groups}")
         x32 = x.astype(jnp.float32)
         xg = x32.reshape(x.shape[:-1] + (self.num_groups, channels // self.num_groups))
         axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)

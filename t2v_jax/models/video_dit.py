@@ -41,11 +41,11 @@ ALLEGRO_ROPE_SCALES = {
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """CPU-sized VideoDiT (4 layers, 4 heads x 24 = width 96) for the quickstart and tests."""
+    """CPU-sized VideoDiT (4 layers, width 96 = 4 heads x 24) for the quickstart and tests."""
     return ml_collections.ConfigDict(dict(
         num_layers=4,
+        width=96,
         num_heads=4,
-        head_dim=24,
         in_channels=4,
         out_channels=4,
         patch_thw=(1, 2, 2),
@@ -66,10 +66,17 @@ def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:
     if resolution not in ALLEGRO_ROPE_SCALES:
         raise ValueError(f"resolution {resolution!r} is unknown; choose one of {sorted(ALLEGRO_ROPE_SCALES)}")
     config = default_config()
-    config.update(dict(num_layers=32, num_heads=24, head_dim=96, caption_channels=4096,
+    config.update(dict(num_layers=32, width=2304, num_heads=24, caption_channels=4096,
                        rope_interpolation_scale=ALLEGRO_ROPE_SCALES[resolution], attention="auto",
                        remat_policy="dots_with_no_batch_dims_saveable", dtype="bfloat16"))
     return config
+
+
+def head_dim(config) -> int:
+    """Per-head width; the config states width and heads, as the sharding and FLOP maths need."""
+    if config.width % config.num_heads:
+        raise ValueError(f"dit.num_heads={config.num_heads} does not divide dit.width={config.width}")
+    return config.width // config.num_heads
 
 
 def _dtypes(config):
@@ -128,14 +135,14 @@ class DiTBlock(nn.Module):
     def __call__(self, x_bld, context_bsd, context_mask_bs, modulation_b6w, cos_ld, sin_ld):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
-        width = cfg.num_heads * cfg.head_dim
+        width = cfg.width
         table_6w = self.param("scale_shift_table",
                               nn.with_logical_partitioning(_table_init(width), (None, "embed")),
                               (6, width), param_dtype)
         mod_b6w = (table_6w[None] + modulation_b6w).astype(dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             mod_b6w[:, i, None, :] for i in range(6))
-        attention = functools.partial(Attention, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        attention = functools.partial(Attention, num_heads=cfg.num_heads, head_dim=head_dim(cfg),
                                       implementation=cfg.attention, dtype=dtype,
                                       param_dtype=param_dtype)
 
@@ -177,7 +184,7 @@ class VideoDiT(nn.Module):
     def __call__(self, x_bthwc, t_b, context_bld, context_mask_bl=None, *, deterministic: bool = True):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
-        width = cfg.num_heads * cfg.head_dim
+        width = cfg.width
         patch = tuple(cfg.patch_thw)
         _, frames, height, width_px, _ = x_bthwc.shape
         grid_thw = (frames // patch[0], height // patch[1], width_px // patch[2])
@@ -191,7 +198,7 @@ class VideoDiT(nn.Module):
                                         name="caption_projection")(context_bld.astype(dtype))
         if context_mask_bl is not None:
             context_mask_bl = jnp.asarray(context_mask_bl).astype(bool)
-        cos_ld, sin_ld = rope_3d(grid_thw, cfg.head_dim, theta=cfg.rope_theta,
+        cos_ld, sin_ld = rope_3d(grid_thw, head_dim(cfg), theta=cfg.rope_theta,
                                  interpolation_scale=tuple(cfg.rope_interpolation_scale))
         tokens_bld, _ = block_stack(cfg)(cfg, name="blocks")(
             tokens_bld, context_bsd, context_mask_bl, modulation_b6w, cos_ld, sin_ld)

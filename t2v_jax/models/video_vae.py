@@ -9,7 +9,8 @@ upsampling. The encoder predicts the mean and log-variance of a diagonal Gaussia
 Parameter names follow diffusers so that a converter is a rename plus transposes:
 `encoder/down_blocks_0/resnets_0/norm1/scale` <- `encoder.down_blocks.0.resnets.0.norm1.weight`; inside a
 temporal block `conv1..conv4` hold the `Conv3d` of `convN.{2|3}` and `norm1..norm4` its `GroupNorm`
-(`convN.0`); `attentions_0/{query,key,value,out}` hold `to_q/to_k/to_v/to_out.0`.
+(`convN.0`); `mid_block/attentions_0/attention/{query,key,value,out}` hold `to_q/to_k/to_v/to_out.0`;
+`downsamplers_0` / `upsamplers_0` hold `downsamplers.0.conv` / `upsamplers.0.conv`.
 
 Differences from diffusers: no dropout (Allegro uses 0.1 in its temporal blocks when training); the last
 conv of every temporal block starts at zero, as in Allegro's original code, so each temporal block starts
@@ -104,7 +105,8 @@ def validate_config(cfg) -> None:
     for field in ("temporal_downsample", "spatial_downsample"):
         flags = tuple(cfg[field])
         if len(flags) != n:
-            raise ValueError(f"{field} has {len(flags)} entries; needs one per block ({n}, block_out_channels)")
+            raise ValueError(
+                f"{field} has {len(flags)} entries; needs one per block ({n}, block_out_channels)")
         if flags[-1]:
             raise ValueError(f"{field}[-1] must be False: the last block does not downsample")
     for channels in cfg.block_out_channels:
@@ -117,11 +119,13 @@ def validate_config(cfg) -> None:
         raise ValueError(f"tile_overlap={overlap} must be (height, width) in pixels")
     checks = (("tile_frames", cfg.tile_frames, rt, None), ("tile_size", cfg.tile_size, rs, None),
               ("tile_overlap_frames", cfg.tile_overlap_frames, rt, cfg.tile_frames),
-              ("tile_overlap", overlap[0], rs, cfg.tile_size), ("tile_overlap", overlap[1], rs, cfg.tile_size))
+              ("tile_overlap", overlap[0], rs, cfg.tile_size),
+              ("tile_overlap", overlap[1], rs, cfg.tile_size))
     for field, value, ratio, tile in checks:
         if value % ratio or value < 0 or (tile is None and value == 0):
-            raise ValueError(f"{field}={cfg[field]} must be a {'positive' if tile is None else 'non-negative'} "
-                             f"multiple of the compression ratio {ratio}")
+            kind = "positive" if tile is None else "non-negative"
+            raise ValueError(f"{field}={cfg[field]} must be a {kind} multiple of the compression ratio "
+                             f"{ratio}")
         if tile is not None and value >= tile:
             raise ValueError(f"{field}={cfg[field]} must be smaller than the tile ({tile})")
 
@@ -130,16 +134,17 @@ def check_frames(cfg, num_frames: int) -> None:
     """Raises ValueError unless `num_frames` is a positive multiple of the temporal compression."""
     rt = temporal_compression(cfg)
     if num_frames < 1 or num_frames % rt:
-        raise ValueError(f"{num_frames} frames: the VAE (temporal_downsample={tuple(cfg.temporal_downsample)}) "
-                         f"accepts positive multiples of {rt} frames")
+        raise ValueError(f"{num_frames} frames: the VAE (temporal_downsample="
+                         f"{tuple(cfg.temporal_downsample)}) accepts positive multiples of {rt} frames")
 
 
 def check_resolution(cfg, height: int, width: int) -> None:
     """Raises ValueError unless height and width are positive multiples of the spatial compression."""
     rs = spatial_compression(cfg)
     if min(height, width) < 1 or height % rs or width % rs:
-        raise ValueError(f"{height}x{width} pixels: the VAE (spatial_downsample={tuple(cfg.spatial_downsample)}) "
-                         f"accepts heights and widths that are positive multiples of {rs}")
+        raise ValueError(f"{height}x{width} pixels: the VAE (spatial_downsample="
+                         f"{tuple(cfg.spatial_downsample)}) accepts heights and widths that are positive "
+                         f"multiples of {rs}")
 
 
 def _conv2d(features, kernel, *, name=None, strides=1, padding=None):
@@ -159,7 +164,7 @@ def _per_frame(fn, x_bthwc):
 
 
 def interleave_frames(h_bthwc):
-    """(B, T, H, W, 2C) -> (B, 2T, H, W, C): frame 2t+s takes channel half s of frame t (Allegro's upsample)."""
+    """(B, T, H, W, 2C) -> (B, 2T, H, W, C): frame 2t+s is channel half s of frame t (Allegro's upsample)."""
     b, t, h, w, c2 = h_bthwc.shape
     h_bthw2c = h_bthwc.reshape(b, t, h, w, 2, c2 // 2)
     return jnp.moveaxis(h_bthw2c, 4, 2).reshape(b, 2 * t, h, w, c2 // 2)
@@ -387,19 +392,21 @@ class VideoVAE(nn.Module):
     def __call__(self, video_bthwc, *, sample_posterior=True):
         """Reconstruction for training; draws the latent with the "sample" rng stream."""
         mean_bthwc, logvar_bthwc = self.encode(video_bthwc)
-        z_bthwc = sample_latent(mean_bthwc, logvar_bthwc, self.make_rng("sample")) if sample_posterior else mean_bthwc
+        z_bthwc = mean_bthwc
+        if sample_posterior:
+            z_bthwc = sample_latent(mean_bthwc, logvar_bthwc, self.make_rng("sample"))
         return self.decode(z_bthwc), mean_bthwc, logvar_bthwc
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Starts of tiles of length `tile` covering [0, size) with at least `overlap` shared; last one end-aligned."""
+    """Starts of `tile`-long tiles covering [0, size), neighbours sharing >= `overlap`; last end-aligned."""
     if size <= tile:
         return (0,)
     return tuple(range(0, size - tile, tile - overlap)) + (size - tile,)
 
 
 def _blend_weights(starts, tile):
-    """Per-tile 1D weights (n, tile): linear ramps over each overlap (Allegro's ramps), normalised to sum to 1."""
+    """Per-tile 1D weights (n, tile): Allegro's linear ramps over each overlap, normalised to sum to 1."""
     weights = np.ones((len(starts), tile), np.float64)
     for i, start in enumerate(starts):
         if i > 0:
@@ -442,7 +449,8 @@ def tiled_apply(fn: Callable, x_bthwc, *, tile_thw, overlap_thw, in_unit_thw, ou
     def step(acc, tile_xs):
         in_start, out_start = (0, *tile_xs["in_start"], 0), (0, *tile_xs["out_start"], 0)
         y = fn(lax.dynamic_slice(x_bthwc, in_start, (b,) + in_tile + (c,)))
-        weight_thw = tile_xs["w_t"][:, None, None] * tile_xs["w_h"][None, :, None] * tile_xs["w_w"][None, None, :]
+        w_t, w_h, w_w = tile_xs["w_t"], tile_xs["w_h"], tile_xs["w_w"]
+        weight_thw = w_t[:, None, None] * w_h[None, :, None] * w_w[None, None, :]
         y = y * weight_thw[None, ..., None].astype(y.dtype)
         acc = lax.dynamic_update_slice(acc, lax.dynamic_slice(acc, out_start, y.shape) + y, out_start)
         return acc, None

@@ -25,7 +25,7 @@ PEAK_TFLOPS = {
 
 def dit_forward_flops(dit_cfg, grid_thw, text_len: int, batch: int) -> float:
     """Forward FLOPs of VideoDiT for `batch` videos of latent token grid `grid_thw` (after patching)."""
-    width = dit_cfg.num_heads * dit_cfg.head_dim
+    width = dit_cfg.width
     mlp = int(width * dit_cfg.mlp_ratio)
     tokens = grid_thw[0] * grid_thw[1] * grid_thw[2]
     pt, ph, pw = dit_cfg.patch_thw

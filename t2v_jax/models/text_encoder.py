@@ -1,0 +1,225 @@
+"""Text conditioning: a byte-level tokenizer and a T5 v1.1-style encoder.
+
+The default is small and trained with the video model, so it needs no download and no vocabulary file;
+`t5_v1_1_xxl_config()` gives Allegro's T5 v1.1 XXL encoder for weights converted from Hugging Face.
+Parameter names follow `transformers.T5EncoderModel` (`encoder.block.0.layer.0.SelfAttention.q.weight` ->
+`block_0/layer_0/SelfAttention/q/kernel` transposed; `shared.weight` -> `shared/embedding`;
+`encoder.final_layer_norm.weight` -> `final_layer_norm/scale`), so a converter is a rename.
+"""
+
+import math
+from typing import Sequence
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from t2v_jax.layers.attention import attention
+from t2v_jax.layers.norms import RMSNorm
+
+_NORM_EPS = 1e-6
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted past three specials: pad=0, eos=1, unk=2 (T5's ids), byte b -> b + 3.
+
+    Every string is encodable, so `unk` is reserved only to keep T5's special-id layout. Captions longer
+    than `max_length - 1` bytes are cut so that eos always fits.
+    """
+
+    PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+    OFFSET = 3
+    vocab_size = 256 + OFFSET
+
+    def __init__(self, max_length: int):
+        if max_length < 1:
+            raise ValueError(f"max_length={max_length} must be at least 1 (room for eos)")
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]):
+        """Returns (ids_bl int32, mask_bl bool) numpy arrays; mask is True on real tokens and eos."""
+        ids_bl = np.full((len(texts), self.max_length), self.PAD_ID, np.int32)
+        for i, text in enumerate(texts):
+            ids = [b + self.OFFSET for b in text.encode("utf-8")[: self.max_length - 1]] + [self.EOS_ID]
+            ids_bl[i, : len(ids)] = ids
+        return ids_bl, ids_bl != self.PAD_ID
+
+    def decode(self, ids_l) -> str:
+        """Inverse of tokenisation up to eos; a multi-byte character cut by truncation is dropped."""
+        out = bytearray()
+        for token in np.asarray(ids_l).tolist():
+            if token == self.EOS_ID:
+                break
+            if token >= self.OFFSET:
+                out.append(token - self.OFFSET)
+        return out.decode("utf-8", errors="ignore")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Small byte-level encoder trained with the video model.
+
+    Fields: vocab_size; width (d_model); num_layers; num_heads x head_dim (d_kv); mlp_dim (d_ff of the
+    gated-GELU feed-forward); num_buckets / max_distance of the relative position bias; dropout (T5
+    places it after the embedding, attention, feed-forward and final norm); attention_implementation
+    (a `t2v_jax.layers.attention` kernel with bias support); dtype / param_dtype (compute / storage).
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.vocab_size = ByteTokenizer.vocab_size
+    cfg.width = 128
+    cfg.num_layers = 2
+    cfg.num_heads = 4
+    cfg.head_dim = 32
+    cfg.mlp_dim = 256
+    cfg.num_buckets = 32
+    cfg.max_distance = 128
+    cfg.dropout = 0.0
+    cfg.attention_implementation = "xla"
+    cfg.dtype = "float32"
+    cfg.param_dtype = "float32"
+    return cfg
+
+
+def t5_v1_1_xxl_config() -> ml_collections.ConfigDict:
+    """google/t5-v1_1-xxl encoder (Allegro's text encoder): 4.7B parameters, kept in bfloat16."""
+    cfg = default_config()
+    cfg.vocab_size = 32128
+    cfg.width = 4096
+    cfg.num_layers = 24
+    cfg.num_heads = 64
+    cfg.head_dim = 64
+    cfg.mlp_dim = 10240
+    cfg.dropout = 0.1
+    cfg.dtype = "bfloat16"
+    cfg.param_dtype = "bfloat16"
+    return cfg
+
+
+def relative_position_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_distance=128):
+    """T5's bucketing of `key_position - query_position`: exact for small offsets, log-spaced up to
+    `max_distance`, clipped beyond; bidirectional uses half the buckets for each sign."""
+    relative_position = jnp.asarray(relative_position)
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        relative_position = jnp.abs(relative_position)
+    else:
+        relative_position = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    scaled = jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / max_exact)
+    scaled = scaled / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    if_large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
+    return buckets + jnp.where(is_small, relative_position, if_large)
+
+
+def _dense(features, axes, stddev, cfg, name):
+    return nn.Dense(features, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                    param_dtype=jnp.dtype(cfg.param_dtype),
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes), name=name)
+
+
+class T5SelfAttention(nn.Module):
+    """T5 attention: no bias terms and no 1/sqrt(head_dim) on the logits (the q init absorbs it)."""
+
+    config: ml_collections.ConfigDict
+    has_relative_attention_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x_bld, mask_bl, bias_bhll):
+        cfg = self.config
+        inner = cfg.num_heads * cfg.head_dim
+
+        def heads(y):
+            return y.reshape(y.shape[:-1] + (cfg.num_heads, cfg.head_dim))
+
+        q_blhd = heads(_dense(inner, ("embed", "heads"), (cfg.width * cfg.head_dim) ** -0.5, cfg, "q")(x_bld))
+        k_blhd = heads(_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "k")(x_bld))
+        v_blhd = heads(_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "v")(x_bld))
+        if self.has_relative_attention_bias:
+            length = x_bld.shape[1]
+            positions = jnp.arange(length)
+            buckets_ll = relative_position_bucket(positions[None, :] - positions[:, None],
+                                                  num_buckets=cfg.num_buckets, max_distance=cfg.max_distance)
+            table_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None))
+            table = nn.Embed(cfg.num_buckets, cfg.num_heads, param_dtype=jnp.dtype(cfg.param_dtype),
+                             embedding_init=table_init, name="relative_attention_bias")
+            bias_bhll = jnp.transpose(table(buckets_ll), (2, 0, 1))[None].astype(jnp.float32)
+        # attention() divides by sqrt(head_dim); T5 does not, so q is scaled up to cancel it.
+        q_blhd = q_blhd * jnp.asarray(math.sqrt(cfg.head_dim), q_blhd.dtype)
+        o_blhd = attention(q_blhd, k_blhd, v_blhd, kv_mask_bs=mask_bl, bias_bhls=bias_bhll,
+                           implementation=cfg.attention_implementation)
+        o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
+        return _dense(cfg.width, ("heads", "embed"), inner**-0.5, cfg, "o")(o_bld), bias_bhll
+
+
+class T5LayerSelfAttention(nn.Module):
+    config: ml_collections.ConfigDict
+    has_relative_attention_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x_bld, mask_bl, bias_bhll, deterministic):
+        y_bld = RMSNorm(_NORM_EPS, jnp.dtype(self.config.param_dtype), name="layer_norm")(x_bld)
+        y_bld, bias_bhll = T5SelfAttention(self.config, self.has_relative_attention_bias,
+                                           name="SelfAttention")(y_bld, mask_bl, bias_bhll)
+        return x_bld + nn.Dropout(self.config.dropout)(y_bld, deterministic=deterministic), bias_bhll
+
+
+class T5DenseGatedActDense(nn.Module):
+    """Gated-GELU feed-forward of T5 v1.1: wo(gelu_tanh(wi_0 x) * wi_1 x)."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x_bld, deterministic):
+        cfg = self.config
+        gate = _dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg, "wi_0")(x_bld)
+        h = nn.gelu(gate, approximate=True) * _dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg,
+                                                     "wi_1")(x_bld)
+        h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return _dense(cfg.width, ("mlp", "embed"), cfg.mlp_dim**-0.5, cfg, "wo")(h)
+
+
+class T5LayerFF(nn.Module):
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x_bld, deterministic):
+        y_bld = RMSNorm(_NORM_EPS, jnp.dtype(self.config.param_dtype), name="layer_norm")(x_bld)
+        y_bld = T5DenseGatedActDense(self.config, name="DenseReluDense")(y_bld, deterministic)
+        return x_bld + nn.Dropout(self.config.dropout)(y_bld, deterministic=deterministic)
+
+
+class T5Block(nn.Module):
+    config: ml_collections.ConfigDict
+    has_relative_attention_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x_bld, mask_bl, bias_bhll, deterministic):
+        attention_layer = T5LayerSelfAttention(self.config, self.has_relative_attention_bias, name="layer_0")
+        x_bld, bias_bhll = attention_layer(x_bld, mask_bl, bias_bhll, deterministic)
+        return T5LayerFF(self.config, name="layer_1")(x_bld, deterministic), bias_bhll
+
+
+class T5Encoder(nn.Module):
+    """Token ids -> contextual embeddings; the position bias is computed once by block 0 and shared."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, ids_bl, mask_bl, *, deterministic=True):
+        cfg = self.config
+        embed = nn.Embed(cfg.vocab_size, cfg.width, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.dtype(cfg.param_dtype),
+                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                     ("vocab", "embed")),
+                         name="shared")
+        mask_bl = jnp.asarray(mask_bl, bool)
+        x_bld = nn.Dropout(cfg.dropout)(embed(ids_bl), deterministic=deterministic)
+        bias_bhll = None
+        for i in range(cfg.num_layers):
+            x_bld, bias_bhll = T5Block(cfg, has_relative_attention_bias=i == 0, name=f"block_{i}")(
+                x_bld, mask_bl, bias_bhll, deterministic)
+        x_bld = RMSNorm(_NORM_EPS, jnp.dtype(cfg.param_dtype), name="final_layer_norm")(x_bld)
+        return nn.Dropout(cfg.dropout)(x_bld, deterministic=deterministic)
