@@ -6,6 +6,8 @@ the command line fails in a second with a readable message instead of deep insid
 
 import math
 
+from t2v_jax.data import bouncing_digits
+from t2v_jax.data.loader import DATASET_NAMES
 from t2v_jax.diffusion.samplers import SAMPLERS
 from t2v_jax.diffusion.schedules import PREDICTION_TYPES, SCHEDULE_KINDS
 from t2v_jax.layers.attention import IMPLEMENTATIONS
@@ -34,8 +36,13 @@ def latent_shape(config) -> tuple[int, int, int, int]:
     """(frames, height, width, channels) of the VAE latents for the configured videos."""
     t_down = video_vae.temporal_compression(config.vae)
     s_down = video_vae.spatial_compression(config.vae)
-    return (config.data.num_frames // t_down, config.data.canvas // s_down,
-            config.data.canvas // s_down, config.vae.latent_channels)
+    height, width = video_size(config.data)
+    return (config.data.num_frames // t_down, height // s_down, width // s_down, config.vae.latent_channels)
+
+
+def video_size(data_cfg) -> tuple[int, int]:
+    """(height, width) in pixels: `canvas` is the height, and the width too unless `width` is set."""
+    return data_cfg.canvas, data_cfg.get("width", data_cfg.canvas)
 
 
 def validate_model(config):
@@ -69,13 +76,20 @@ def validate_model(config):
 
 def validate_data(config):
     data = config.data
+    _one_of(data.name, "data.name", DATASET_NAMES)
+    if data.name == "bouncing_digits":
+        try:
+            bouncing_digits.validate_geometry(data.num_frames, data.canvas)
+        except ValueError as error:
+            raise ConfigError(f"config.data ({data.num_frames} frames, {data.canvas} px): {error}") from None
     t_down = video_vae.temporal_compression(config.vae)
     s_down = video_vae.spatial_compression(config.vae)
     _require(data.num_frames > 0 and data.num_frames % t_down == 0, "data.num_frames",
              f"{data.num_frames} frames cannot be encoded by a VAE with x{t_down} temporal compression; "
              f"allowed: multiples of {t_down}")
-    _require(data.canvas > 0 and data.canvas % s_down == 0, "data.canvas",
-             f"{data.canvas} px is not divisible by the VAE's x{s_down} spatial compression")
+    for field, size in zip(("data.canvas", "data.width"), video_size(data)):
+        _require(size > 0 and size % s_down == 0, field,
+                 f"{size} px is not divisible by the VAE's x{s_down} spatial compression")
     frames, height, width, _ = latent_shape(config)
     pt, ph, pw = config.dit.patch_thw
     for name, size, patch in (("frames", frames, pt), ("height", height, ph), ("width", width, pw)):

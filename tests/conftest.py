@@ -1,7 +1,19 @@
 """Shared test setup: CPU-friendly defaults and hardware markers that skip cleanly."""
 
+import os
+import sys
+import tempfile
+
 import jax
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Tests build the same small programs many times (each `fit` jits its own step); a persistent
+# compilation cache for the session turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="t2v_jax_test_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_collection_modifyitems(config, items):

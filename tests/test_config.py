@@ -1,0 +1,70 @@
+"""Invalid configs fail before anything compiles, naming the field and what is allowed."""
+
+import pytest
+
+from t2v_jax.config import ConfigError, validate
+from tiny import load_config
+
+
+@pytest.fixture
+def config():
+    return load_config("quickstart")
+
+
+def test_quickstart_config_is_valid(config):
+    validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dit.num_heads", 5, r"config\.dit\.num_heads: 5 heads do not divide dit\.width=96"),
+    ("dit.width", 98, r"config\.dit\.num_heads: 4 heads do not divide dit\.width=98"),
+    ("data.num_frames", 7, r"config\.data\.num_frames: 7 frames .* multiples of 2"),
+    ("dit.patch_thw", (1, 3, 3), r"config\.dit\.patch_thw: patch \(1, 3, 3\) does not divide"),
+    ("sampling.method", "heun", r"config\.sampling\.method: 'heun' is not allowed; choose one of \['ddpm'"),
+    ("diffusion.prediction_type", "score", r"config\.diffusion\.prediction_type: 'score' is not allowed"),
+    ("dit.attention", "flash", r"config\.dit\.attention: 'flash' is not allowed"),
+    ("dit.remat_policy", "some", r"config\.dit\.remat_policy"),
+    ("mesh.preset", "zero", r"config\.mesh\.preset: 'zero' is not allowed"),
+    ("sampling.num_steps", 0, r"config\.sampling\.num_steps: must be in \[1, "),
+    ("data.canvas", 20, r"config\.data \(8 frames, 20 px\): canvas must be a positive multiple of 16"),
+    ("data.num_frames", 10, r"config\.data \(10 frames, 16 px\): num_frames=10 does not fit canvas=16"),
+    ("data.name", "ucf", r"config\.data\.name: 'ucf' is not allowed"),
+    ("dit.in_channels", 3, r"config\.dit\.in_channels: 3 must equal vae\.latent_channels=4"),
+])
+def test_invalid_field_is_named(config, field, value, message):
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_devices=1)
+
+
+def test_head_dim_must_split_into_three_rope_chunks(config):
+    config.dit.width = 40
+    with pytest.raises(ConfigError, match=r"config\.dit\.width: head dim 40/4=10 must be divisible by 6"):
+        validate(config, num_devices=1)
+
+
+def test_flow_schedule_needs_flow_sampler(config):
+    config.diffusion.update(schedule="flow", prediction_type="flow", min_snr_gamma=None)
+    with pytest.raises(ConfigError, match=r"config\.sampling\.method: 'ddim' does not fit schedule 'flow'"):
+        validate(config, num_devices=1)
+    config.sampling.method = "flow_euler"
+    validate(config, num_devices=1)
+
+
+def test_batch_must_divide_data_parallel_axes(config):
+    config.train_dit.batch_size = 6
+    with pytest.raises(ConfigError, match=r"config\.train_dit\.batch_size: 6 is not divisible by the data-parallel size 4"):
+        validate(config, num_devices=4)
+
+
+def test_heads_must_divide_tensor_axis(config):
+    config.mesh.shape.update(data=1, tensor=8)
+    with pytest.raises(ConfigError, match=r"config\.dit\.num_heads: 4 heads are not divisible by the tensor axis"):
+        validate(config, num_devices=8)
+
+
+def test_mesh_shape_must_match_device_count(config):
+    config.mesh.shape.update(data=3)
+    with pytest.raises(ConfigError, match=r"config\.mesh\.shape .* multiplies to 3, but there are 4 devices"):
+        validate(config, num_devices=4)

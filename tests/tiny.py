@@ -1,0 +1,30 @@
+"""The smallest end-to-end config: seconds per stage on a CPU, for tests of the whole system."""
+
+import importlib.util
+import os
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name: str = "quickstart"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIG_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_config(data_dir: str):
+    config = load_config()
+    config.data.dir = data_dir
+    config.data.train_size = 64
+    config.data.test_size = 16
+    config.vae.block_out_channels = (4, 8)
+    config.vae.norm_num_groups = 2
+    config.text.max_length = 24
+    config.text.encoder.update(width=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
+    config.dit.update(num_layers=1, width=12, num_heads=2, caption_channels=16)
+    for train_cfg in (config.train_vae, config.train_dit):
+        train_cfg.update(num_steps=6, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3)
+    config.sampling.num_steps = 3
+    config.eval.num_prompts = 4
+    return config
