@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.vae = video_vae.default_config()
     config.vae.block_out_channels = (8, 16)
+    config.vae.latent_channels = 8
     config.vae.temporal_downsample = (True, False)
     config.vae.spatial_downsample = (True, False)
     config.vae.norm_num_groups = 4
@@ -56,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sampling = ml_collections.ConfigDict(dict(
         method="ddim", num_steps=50, guidance_scale=4.0, eta=0.0, negative_prompt=""))
 
-    config.train_vae = train_config(num_steps=400, learning_rate=2e-3, kl_weight=1e-4)
+    config.train_vae = train_config(num_steps=400, learning_rate=3e-3, kl_weight=1e-4)
     config.train_dit = train_config(num_steps=1000)
 
     config.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, context=1, tensor=1), preset="dp"))

@@ -3,6 +3,8 @@
   python scripts/eval.py --ground_truth --num 300                 # rendered test-split videos (the ceiling)
   python scripts/eval.py --videos samples.npz                     # arrays videos (N,T,H,W,3) and prompts (N,)
   python scripts/eval.py --videos samples/ [--prompts list.tsv]   # .mp4/.gif files; filename<TAB>prompt lines
+  python scripts/eval.py --config configs/quickstart.py --checkpoint runs/quickstart --num 256
+                                                                  # a trained model on test-set prompts
 
 npz videos may be uint8 or float in [-1, 1]. Files in a folder are resized to --canvas; the prompts file
 defaults to captions.tsv in that folder (the video_folder format). Prints one readable line, then JSON.
@@ -13,12 +15,17 @@ import os
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from t2v_jax.data import bouncing_digits
 from t2v_jax.data.video_folder import read_captions
+from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
 from t2v_jax.eval.judge import Judge
 from t2v_jax.io.video import read_video, to_uint8
 
+_CONFIG = config_flags.DEFINE_config_file("config", None, "With --checkpoint: the config it was trained with.",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A --workdir of scripts/train.py to generate and judge.")
 _VIDEOS = flags.DEFINE_string("videos", None, "A .npz file or a folder of .mp4/.gif videos.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "filename<TAB>prompt file for a folder (DIR/captions.tsv).")
 _GROUND_TRUTH = flags.DEFINE_bool("ground_truth", False, "Judge rendered ground-truth videos instead.")
@@ -45,8 +52,19 @@ def _load_folder(folder, prompts_path):
 
 def main(argv):
     del argv
-    if _GROUND_TRUTH.value == bool(_VIDEOS.value):
-        raise app.UsageError("pass exactly one of --videos or --ground_truth")
+    if sum([_GROUND_TRUTH.value, bool(_VIDEOS.value), bool(_CHECKPOINT.value)]) != 1:
+        raise app.UsageError("pass exactly one of --videos, --ground_truth or --checkpoint (with --config)")
+    if _CHECKPOINT.value:
+        from t2v_jax.config import validate
+        from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+
+        config = validate(_CONFIG.value)
+        pipeline = TextToVideoPipeline.from_workdir(config, _CHECKPOINT.value)
+        prompts = test_prompts(config.data, _NUM.value, _SEED.value)
+        scores, _ = generate_and_judge(pipeline, prompts, seed=_SEED.value)
+        print(format_scores(scores))
+        print(json.dumps(scores))
+        return
     if _GROUND_TRUTH.value:
         videos, prompts = bouncing_digits.sample_videos(
             _NUM.value, _SPLIT.value, seed=_SEED.value, num_frames=_NUM_FRAMES.value, canvas=_CANVAS.value
@@ -56,11 +74,7 @@ def main(argv):
     else:
         videos, prompts = _load_folder(_VIDEOS.value, _PROMPTS.value)
     scores = Judge.fit(canvas=videos.shape[2]).score(videos, prompts)
-    print(
-        f"all {scores['all']:.1%} | digit {scores['digit']:.1%} | colour {scores['colour']:.1%} | "
-        f"direction {scores['direction']:.1%} | identity consistency {scores['identity_consistency']:.1%} | "
-        f"{scores['num_videos']} videos"
-    )
+    print(format_scores(scores))
     print(json.dumps(scores))
 
 

@@ -6,11 +6,13 @@ the command line fails in a second with a readable message instead of deep insid
 
 import math
 
+import jax
+
 from t2v_jax.data import bouncing_digits
 from t2v_jax.data.loader import DATASET_NAMES
 from t2v_jax.diffusion.samplers import SAMPLERS
 from t2v_jax.diffusion.schedules import PREDICTION_TYPES, SCHEDULE_KINDS
-from t2v_jax.layers.attention import IMPLEMENTATIONS
+from t2v_jax.layers.attention import IMPLEMENTATIONS, available_implementations
 from t2v_jax.models import video_vae
 from t2v_jax.parallel.mesh import resolve_mesh_shape
 from t2v_jax.parallel.rules import PRESETS
@@ -57,6 +59,10 @@ def validate_model(config):
              f"head dim {dit.width}/{dit.num_heads}={head_dim} must be divisible by 6: 3D RoPE "
              "splits it in three rotate-half chunks")
     _one_of(dit.attention, "dit.attention", IMPLEMENTATIONS + ("auto",))
+    available = available_implementations()
+    _require(dit.attention in available + ("auto",), "dit.attention",
+             f"{dit.attention!r} cannot run on this {jax.default_backend()} backend; available here: "
+             f"{list(available) + ['auto']}")
     _one_of(dit.remat_policy, "dit.remat_policy", REMAT_POLICIES)
     _one_of(dit.dtype, "dit.dtype", DTYPES)
     _require(dit.in_channels == vae.latent_channels, "dit.in_channels",
@@ -137,8 +143,6 @@ def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "trai
 
 def validate(config, num_devices: int | None = None):
     """Runs every check; call it before building models or compiling."""
-    import jax
-
     validate_model(config)
     validate_data(config)
     validate_diffusion(config)

@@ -1,5 +1,6 @@
 """Invalid configs fail before anything compiles, naming the field and what is allowed."""
 
+import jax
 import pytest
 
 from t2v_jax.config import ConfigError, validate
@@ -41,6 +42,13 @@ def test_invalid_field_is_named(config, field, value, message):
 def test_head_dim_must_split_into_three_rope_chunks(config):
     config.dit.width = 40
     with pytest.raises(ConfigError, match=r"config\.dit\.width: head dim 40/4=10 must be divisible by 6"):
+        validate(config, num_devices=1)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN is available on a GPU")
+def test_unavailable_attention_kernel_is_rejected(config):
+    config.dit.attention = "cudnn"
+    with pytest.raises(ConfigError, match=r"config\.dit\.attention: 'cudnn' cannot run on this \w+ backend"):
         validate(config, num_devices=1)
 
 
