@@ -9,11 +9,17 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Tests build the same small programs many times (each `fit` jits its own step); a persistent
-# compilation cache for the session turns the repeats into cache hits.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="t2v_jax_test_xla_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Tests build the same small programs many times (each `fit` jits its own step, scripts run in
+# subprocesses); a compilation cache shared by the session and its subprocesses turns the
+# repeats into cache hits. Environment variables carry it into the subprocesses.
+_CACHE_SETTINGS = {
+    "jax_compilation_cache_dir": tempfile.mkdtemp(prefix="t2v_jax_test_xla_cache_"),
+    "jax_persistent_cache_min_compile_time_secs": 0.5,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+for _name, _value in _CACHE_SETTINGS.items():
+    jax.config.update(_name, _value)
+    os.environ[_name.upper()] = str(_value)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,7 +30,7 @@ def test_quickstart_config_is_valid(config):
     ("data.canvas", 20, r"config\.data \(8 frames, 20 px\): canvas must be a positive multiple of 16"),
     ("data.num_frames", 10, r"config\.data \(10 frames, 16 px\): num_frames=10 does not fit canvas=16"),
     ("data.name", "ucf", r"config\.data\.name: 'ucf' is not allowed"),
-    ("dit.in_channels", 3, r"config\.dit\.in_channels: 3 must equal vae\.latent_channels=4"),
+    ("dit.in_channels", 3, r"config\.dit\.in_channels: 3 must equal vae\.latent_channels=8"),
 ])
 def test_invalid_field_is_named(config, field, value, message):
     section, name = field.split(".")

@@ -4,17 +4,15 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from t2v_jax.data.loader import build_dataset, make_loader
+from t2v_jax.data.loader import make_loader
 from t2v_jax.eval.evaluate import generate_and_judge
-from t2v_jax.parallel.rules import unbox
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 from t2v_jax.train.run import train
 from t2v_jax.train.stages import DiTStage, VAEStage
-from t2v_jax.train.trainer import fit, make_rng, read_metrics
+from t2v_jax.train.trainer import fit, read_metrics, restore_params
 from tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +32,12 @@ def trained(tmp_path_factory, data_dir):
     return config, workdir, summary
 
 
-def test_resume_after_interruption_gives_the_same_losses(tmp_path, data_dir):
+def test_resume_after_interruption_gives_the_same_losses(trained, tmp_path):
     """Stopping after a checkpoint and starting again continues with the same batches, noise and
     caption dropout: the losses after the restart equal those of an uninterrupted run."""
-    config = tiny_config(data_dir)
-    build_dataset(config.data)
-    vae_params = jax.jit(lambda rng: unbox(VAEStage(config).init_params(rng)))(make_rng(0))
+    config, workdir, _ = trained
+    vae_params = restore_params(os.path.join(workdir, "vae"), VAEStage(config), config.train_vae,
+                                mesh_cfg=config.mesh)
 
     def run(workdir, num_steps=None):
         iterator = iter(make_loader(config.data, "train", batch_size=config.train_dit.batch_size, seed=3))
@@ -89,7 +87,7 @@ def test_sample_script_writes_a_grid(trained, tmp_path, data_dir):
     config_path = _write_tiny_config(tmp_path, data_dir)
     out = str(tmp_path / "grid.mp4")
     command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), f"--config={config_path}",
-               f"--checkpoint={workdir}", f"--out={out}", "--config.sampling.num_steps=2",
+               f"--checkpoint={workdir}", f"--out={out}",
                "--prompt=a red 3 moving left", "--prompt=a cyan 7 moving up"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
