@@ -23,6 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from t2v_jax.cli import quiet_library_logs
 from t2v_jax.config import dit_token_grid, latent_shape, validate
 from t2v_jax.diffusion import samplers
 from t2v_jax.parallel import flops
@@ -122,6 +123,7 @@ def _sampling_seconds(config, repeats, *, scanned: bool):
 
 def main(argv):
     del argv
+    quiet_library_logs()
     config = validate(_CONFIG.value)
     device = jax.devices()[0]
     grid = dit_token_grid(config)

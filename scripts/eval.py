@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from t2v_jax.cli import quiet_library_logs
 from t2v_jax.data import bouncing_digits
 from t2v_jax.data.video_folder import read_captions
 from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
@@ -52,6 +53,7 @@ def _load_folder(folder, prompts_path):
 
 def main(argv):
     del argv
+    quiet_library_logs()
     if sum([_GROUND_TRUTH.value, bool(_VIDEOS.value), bool(_CHECKPOINT.value)]) != 1:
         raise app.UsageError("pass exactly one of --videos, --ground_truth or --checkpoint (with --config)")
     if _CHECKPOINT.value:

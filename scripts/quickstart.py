@@ -13,6 +13,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from t2v_jax.cli import quiet_library_logs
 from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
 from t2v_jax.io.video import video_grid, write_video
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
@@ -27,6 +28,7 @@ _GRID = flags.DEFINE_integer("grid", 8, "How many of the judged videos go into t
 
 def main(argv):
     del argv
+    quiet_library_logs()
     config, workdir = _CONFIG.value, _WORKDIR.value
     start = time.perf_counter()
     train(config, workdir)

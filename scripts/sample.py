@@ -12,6 +12,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from t2v_jax.cli import quiet_library_logs
 from t2v_jax.config import validate
 from t2v_jax.io.video import video_grid, write_video
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(["config", "checkpoint", "prompt"])
 
 def main(argv):
     del argv
+    quiet_library_logs()
     if os.path.splitext(_OUT.value)[1].lower() not in (".mp4", ".gif"):
         raise app.UsageError(f"--out must end in .mp4 or .gif, got {_OUT.value!r}")
     config = validate(_CONFIG.value)

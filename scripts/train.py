@@ -10,6 +10,7 @@ An interrupted run resumes from its last checkpoint when started again with the 
 from absl import app, flags
 from ml_collections import config_flags
 
+from t2v_jax.cli import quiet_library_logs
 from t2v_jax.train.run import STAGES, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -20,6 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    quiet_library_logs()
     summary = train(_CONFIG.value, _WORKDIR.value, stages=_STAGES.value)
     for stage, metrics in summary.items():
         print(f"[{stage}] step {metrics['step']}: loss {metrics['loss']:.4f} in {metrics['seconds']:.0f} s")
