@@ -29,7 +29,7 @@ from t2v_jax.diffusion import samplers
 from t2v_jax.parallel import flops
 from t2v_jax.parallel.rules import unbox
 from t2v_jax.train.stages import DiTStage
-from t2v_jax.train.trainer import make_optimizer, make_train_step, TrainState
+from t2v_jax.train.trainer import TrainState, make_optimizer, make_rng, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=False)
 _OUT = flags.DEFINE_string("out", "benchmark.json", "Where the JSON goes.")
@@ -54,13 +54,13 @@ def _train_step_seconds(config, remat_policy, repeats):
     config.dit.remat_policy = remat_policy
     stage = DiTStage(config, vae_params=None)
     batch = config.train_dit.batch_size
-    rng = jax.random.PRNGKey(0)
+    rng = make_rng(0)
     latents = jax.random.normal(rng, (batch, *latent_shape(config)))
     ids, mask = stage.model.tokenizer(["a red 3 moving left"] * batch)
     optimizer = make_optimizer(config.train_dit)
     params = unbox(stage.init_params(rng))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                       opt_state=optimizer.init(params), rng=rng)
+                       opt_state=optimizer.init(params), rng=jax.random.key_data(rng))
     loss_fn = lambda p, b, r: stage.latent_loss(p, b["latents"], b["ids"], b["mask"], r)
     step = jax.jit(make_train_step(loss_fn, optimizer, config.train_dit.ema_decay))
     batch_arrays = {"latents": latents, "ids": jnp.asarray(ids), "mask": jnp.asarray(mask)}
@@ -77,7 +77,7 @@ def _sampling_seconds(config, repeats, *, scanned: bool):
     stage = DiTStage(config, vae_params=None)
     model = stage.model
     batch = config.train_dit.batch_size
-    rng = jax.random.PRNGKey(0)
+    rng = make_rng(0)
     params = unbox(stage.init_params(rng))
     ids, mask = model.tokenizer(["a red 3 moving left"] * batch)
     null_ids, null_mask = model.tokenizer([""] * batch)
