@@ -1,8 +1,10 @@
 """The Bouncing Digits judge and the PSNR/SSIM metrics."""
 
+import dataclasses
 import itertools
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,16 +16,25 @@ NUM_TEST_VIDEOS = 300
 
 
 @pytest.fixture(scope="module")
-def judge():
-    start = time.perf_counter()
-    fitted = judge_lib.Judge.fit(canvas=32)
-    assert time.perf_counter() - start < 5.0
-    return fitted
+def judge(tmp_path_factory):
+    """A cold fit (empty disk cache, cleared process cache), as on a fresh CI machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        judge_lib._fitted_params.cache_clear()
+        start = time.perf_counter()
+        fitted = judge_lib.Judge.fit(canvas=32)
+        assert time.perf_counter() - start < 40.0
+        yield fitted
+    judge_lib._fitted_params.cache_clear()
 
 
 @pytest.fixture(scope="module")
 def test_videos():
     return bd.sample_videos(NUM_TEST_VIDEOS, "test", seed=0)
+
+
+def _same_params(params_a, params_b):
+    return all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_a, params_b)))
 
 
 def test_parse_caption_inverts_caption():
@@ -37,12 +48,12 @@ def test_parse_caption_inverts_caption():
 
 
 def test_ground_truth_test_videos_score_high(judge, test_videos):
-    """Unseen test-split handwriting: colour and motion are exact; the digit classifier reaches ~96%."""
+    """Unseen test-split handwriting, read by a network that only saw training glyphs."""
     videos_nthwc, captions = test_videos
     scores = judge.score(videos_nthwc, captions)
     assert scores["num_videos"] == NUM_TEST_VIDEOS
     assert scores["colour"] == 1.0 and scores["direction"] == 1.0
-    assert scores["digit"] >= 0.95 and scores["all"] >= 0.95
+    assert scores["digit"] >= 0.98 and scores["all"] >= 0.98
     assert scores["identity_consistency"] >= 0.99
 
 
@@ -92,6 +103,34 @@ def test_score_checks_its_inputs(judge, test_videos):
         judge.score(videos_nthwc[:3], captions[:2])
     with pytest.raises(ValueError, match="uint8"):
         judge.score(videos_nthwc[:2].astype(np.float32), captions[:2])
+
+
+def test_fit_is_cached_in_process_and_on_disk(judge):
+    assert judge_lib.Judge.fit(canvas=32).params is judge.params
+    judge_lib._fitted_params.cache_clear()
+    start = time.perf_counter()
+    reloaded = judge_lib.Judge.fit(canvas=32)
+    assert time.perf_counter() - start < 5.0
+    assert reloaded.params is not judge.params and _same_params(reloaded.params, judge.params)
+
+
+def test_corrupt_cache_retrains_to_the_same_params(tmp_path, monkeypatch):
+    """A short recipe keeps this cheap: corrupt or truncated files are retrained, deterministically per seed."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    recipe = dataclasses.replace(judge_lib.RECIPE, steps=20)
+    judge_lib._fitted_params.cache_clear()
+    first = judge_lib.Judge.fit(canvas=32, recipe=recipe).params
+    (cache_file,) = (tmp_path / "t2v_jax").glob("judge-*.msgpack")
+    valid_bytes = cache_file.read_bytes()
+    for corrupt_bytes in (b"not msgpack", valid_bytes[: len(valid_bytes) // 2], b"\x01"):
+        cache_file.write_bytes(corrupt_bytes)
+        judge_lib._fitted_params.cache_clear()
+        again = judge_lib.Judge.fit(canvas=32, recipe=recipe).params
+        assert _same_params(again, first) and cache_file.read_bytes() == valid_bytes
+    other_seed = judge_lib.Judge.fit(canvas=32, seed=1, recipe=recipe).params
+    assert not _same_params(other_seed, first)
+    assert len(list((tmp_path / "t2v_jax").glob("judge-*"))) == 2
+    judge_lib._fitted_params.cache_clear()
 
 
 def test_psnr_known_values():

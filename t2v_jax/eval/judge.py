@@ -1,25 +1,65 @@
 """Prompt accuracy on Bouncing Digits: does a video show the digit, colour and motion its prompt asks for?
 
 The judge reads each frame the way the renderer writes it: brightness is the max over RGB (every palette
-colour is a channel mask times intensity); the digit is tracked by its intensity-weighted centroid, a
-half-canvas window around it is block-averaged to 8x8 and classified by an SVM trained on the TRAINING glyphs
-rendered and cropped through the same pipeline (plus 1 px crop jitter), and the frames vote.
-Colour is the nearest palette entry to the channel ratios of the bright pixels; direction is the dominant axis
-and sign of a straight-line fit to the centroid track.
+colour is a channel mask times intensity); the digit is tracked by its intensity-weighted centroid and a
+half-canvas window around it is block-averaged to 8x8. A small CNN trained on the TRAINING glyphs only (rendered
+and cropped through this same pipeline, then randomly warped so that it generalises to other hands) reads each
+window and its four 1 px shifted neighbours; the video's digit has the highest log-probability summed over
+frames and windows. Colour is the nearest palette entry to the channel ratios of the bright pixels; direction
+is the dominant axis and sign of a straight-line fit to the centroid track.
+
+Fitting takes ~15 s on two CPU cores, so fitted parameters are cached per process and on disk, under
+$XDG_CACHE_HOME/t2v_jax (default ~/.cache) in a file named by a hash of everything that determines them.
 """
 
 import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pathlib
 import re
 
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
 import numpy as np
-from sklearn.svm import SVC
+import optax
 
 from t2v_jax.data import bouncing_digits
 
 BRIGHT_FRACTION = 0.5  # pixels at least this fraction of the video's peak brightness decide the colour
 TRACK_FRACTION = 0.25  # pixels below this fraction of the frame's peak are ignored when tracking
-CROP_JITTER_XY = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # crop offsets the classifier is trained on
+CROP_JITTER_XY = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # crop offsets trained on and averaged over
+PREDICT_CHUNK = 2048  # windows per forward pass: bounds the im2col memory (~100 MB) whatever the video count
 CAPTION_PATTERN = re.compile(r"^\s*an?\s+([a-z]+)\s+(\d)\s+moving\s+([a-z]+)\s*\.?\s*$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the fitted digit network; its hash names the disk cache file.
+
+    Augmentation sizes are in 8x8 glyph pixels. Bump `version` whenever training code changes what a recipe
+    produces, so that stale caches are not loaded.
+    """
+
+    widths: tuple[int, ...] = (16, 32)
+    hidden: int = 64
+    steps: int = 1500
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    max_rotation_deg: float = 12.0
+    max_log_scale: float = 0.1
+    max_shear: float = 0.15
+    max_shift: float = 0.75
+    elastic_std: float = 0.25
+    clean_fraction: float = 0.2
+    version: int = 1
+
+
+RECIPE = Recipe()
 
 
 def parse_caption(text):
@@ -71,10 +111,10 @@ def glyph_features(brightness_nthw, track_nt2):
 
 
 def _training_features(canvas):
-    """(N * 5, 64) features of every training glyph, rendered white mid-canvas, with digit labels.
+    """(N * 5, 8, 8) windows of every training glyph, rendered white mid-canvas, with digit labels.
 
-    Each glyph is cropped at its centroid and one pixel up, down, left and right of it, so the classifier
-    tolerates the centroid wobble of generated videos.
+    Each glyph is cropped at its centroid and one pixel up, down, left and right of it, the windows the judge
+    reads at prediction time; a 1 px shift at canvas resolution is a half-pixel blur at 8x8.
     """
     glyphs_n88, digits_n = bouncing_digits.load_glyphs("train")
     start_xy = ((canvas - bouncing_digits.glyph_size(canvas)) // 2,) * 2
@@ -85,23 +125,195 @@ def _training_features(canvas):
     brightness_n1hw = _brightness(videos_n1hwc)
     track_n12 = centroid_track(brightness_n1hw)
     features_nd = [glyph_features(brightness_n1hw, track_n12 + np.array(xy))[:, 0] for xy in CROP_JITTER_XY]
-    return np.concatenate(features_nd), np.tile(digits_n, len(CROP_JITTER_XY))
+    return np.concatenate(features_nd).reshape(-1, 8, 8), np.tile(digits_n, len(CROP_JITTER_XY))
+
+
+class Conv3x3(nn.Module):
+    """'Same' 3x3 convolution as nine shifted copies and a Dense layer.
+
+    XLA:CPU runs lax.conv about 20x slower inside a while loop, and training is one lax.scan.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x_bhwc):
+        height, width = x_bhwc.shape[1:3]
+        padded_bhwc = jnp.pad(x_bhwc, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        patches_bhwk = jnp.concatenate(
+            [padded_bhwc[:, i : i + height, j : j + width] for i in range(3) for j in range(3)], axis=-1
+        )
+        return nn.Dense(self.features)(patches_bhwk)
+
+
+class DigitNet(nn.Module):
+    """(B, 8, 8) glyph windows -> (B, 10) digit logits: two conv-conv-pool stages and an MLP head."""
+
+    widths: tuple[int, ...]
+    hidden: int
+
+    @nn.compact
+    def __call__(self, glyphs_b88):
+        x_bhwc = glyphs_b88[..., None]
+        for width in self.widths:
+            x_bhwc = nn.relu(Conv3x3(width)(x_bhwc))
+            x_bhwc = nn.relu(Conv3x3(width)(x_bhwc))
+            x_bhwc = nn.max_pool(x_bhwc, (2, 2), strides=(2, 2))
+        x_bd = nn.relu(nn.Dense(self.hidden)(x_bhwc.reshape(x_bhwc.shape[0], -1)))
+        return nn.Dense(10)(x_bd)
+
+
+_PIXEL_YX = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0), indexing="ij"), axis=-1) - 3.5
+_COARSE_TO_FINE = np.clip(1 - np.abs(np.linspace(0, 2, 8)[:, None] - np.arange(3)), 0, None)  # 3 -> 8 bilinear
+
+
+def warp_glyphs(key, glyphs_b88, recipe):
+    """Random affine + smooth elastic warp of each window (bilinear, zero outside), re-normalised to peak 1.
+
+    Other hands differ in slant, size, position and stroke wobble; a `clean_fraction` of windows stay exact
+    because ground-truth videos show glyphs unwarped.
+    """
+    batch = glyphs_b88.shape[0]
+    uniform_bk = jax.random.uniform(key, (batch, 25), minval=-1.0, maxval=1.0)
+    u = uniform_bk[:, :, None, None]
+    angle, shear = u[:, 0] * np.deg2rad(recipe.max_rotation_deg), u[:, 3] * recipe.max_shear
+    scale_y, scale_x = jnp.exp(u[:, 1] * recipe.max_log_scale), jnp.exp(u[:, 2] * recipe.max_log_scale)
+    dy = _PIXEL_YX[..., 0] - u[:, 4] * recipe.max_shift
+    dx = _PIXEL_YX[..., 1] - u[:, 5] * recipe.max_shift
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    source_y, source_x = cos * dy + sin * dx, cos * dx - sin * dy
+    source_y = source_y - shear * source_x
+    coarse_b332 = uniform_bk[:, 6:24].reshape(batch, 3, 3, 2) * (recipe.elastic_std * np.sqrt(3.0))
+    wobble_b882 = jnp.einsum("hi,wj,bijc->bhwc", _COARSE_TO_FINE, _COARSE_TO_FINE, coarse_b332)
+    source_y = source_y / scale_y + 3.5 + wobble_b882[..., 0]
+    source_x = source_x / scale_x + 3.5 + wobble_b882[..., 1]
+    weight_y_bhwi = jax.nn.relu(1 - jnp.abs(source_y[..., None] - jnp.arange(8.0)))
+    weight_x_bhwj = jax.nn.relu(1 - jnp.abs(source_x[..., None] - jnp.arange(8.0)))
+    warped_b88 = jnp.einsum("bhwi,bhwj,bij->bhw", weight_y_bhwi, weight_x_bhwj, glyphs_b88)
+    warped_b88 = warped_b88 / jnp.maximum(warped_b88.max(axis=(1, 2), keepdims=True), 1e-6)
+    keep_b11 = uniform_bk[:, 24, None, None] < 2 * recipe.clean_fraction - 1
+    return jnp.where(keep_b11, glyphs_b88, warped_b88)
+
+
+def _digit_net(recipe):
+    return DigitNet(widths=recipe.widths, hidden=recipe.hidden)
+
+
+def _param_shapes(recipe):
+    return jax.eval_shape(_digit_net(recipe).init, jax.random.key(0), jnp.zeros((1, 8, 8)))
+
+
+@functools.partial(jax.jit, static_argnames="recipe")
+def train_digit_net(glyphs_n88, digits_n, seed, recipe):
+    """DigitNet params fitted with AdamW on random warped minibatches; all steps are one lax.scan."""
+    net = _digit_net(recipe)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.learning_rate, recipe.steps // 10, recipe.steps)
+    optimizer = optax.adamw(schedule, weight_decay=recipe.weight_decay)
+
+    def loss_fn(params, glyphs_b88, digits_b):
+        logits_bk = net.apply(params, glyphs_b88)
+        return optax.softmax_cross_entropy_with_integer_labels(logits_bk, digits_b).mean()
+
+    def step(carry, key):
+        params, opt_state = carry
+        index_key, warp_key = jax.random.split(key)
+        index_b = jax.random.randint(index_key, (recipe.batch_size,), 0, glyphs_n88.shape[0])
+        glyphs_b88 = warp_glyphs(warp_key, glyphs_n88[index_b], recipe)
+        grads = jax.grad(loss_fn)(params, glyphs_b88, digits_n[index_b])
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    init_key, steps_key = jax.random.split(jax.random.key(seed))
+    params = net.init(init_key, glyphs_n88[:1])
+    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(steps_key, recipe.steps))
+    return params
+
+
+def _cache_path(canvas, seed, recipe, glyphs_n88, digits_n):
+    """File named by a hash of the recipe, canvas, seed and the exact training windows."""
+    digest = hashlib.sha256(
+        json.dumps(dict(recipe=dataclasses.asdict(recipe), canvas=canvas, seed=seed), sort_keys=True).encode()
+    )
+    digest.update(np.ascontiguousarray(glyphs_n88, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(digits_n, np.int64).tobytes())
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(root) / "t2v_jax" / f"judge-{digest.hexdigest()[:20]}.msgpack"
+
+
+def _load_params(path, recipe):
+    """Params from a cache file, or None when it is missing, corrupt or shaped for another network."""
+    try:
+        state = flax.serialization.msgpack_restore(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    expected = _param_shapes(recipe)
+    if jax.tree.structure(state) != jax.tree.structure(expected):
+        return None
+    fits = jax.tree.map(
+        lambda array, spec: np.shape(array) == spec.shape and np.asarray(array).dtype == spec.dtype, state, expected
+    )
+    return jax.tree.map(jnp.asarray, state) if all(jax.tree.leaves(fits)) else None
+
+
+def _save_params(path, params):
+    """Write to a temporary file, then rename, so a crash or a concurrent reader never sees half a file.
+
+    An unwritable cache directory only costs a retrain next time.
+    """
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted_params(canvas, seed, recipe):
+    glyphs_n88, digits_n = _training_features(canvas)
+    path = _cache_path(canvas, seed, recipe, glyphs_n88, digits_n)
+    params = _load_params(path, recipe)
+    if params is None:
+        params = train_digit_net(jnp.asarray(glyphs_n88), jnp.asarray(digits_n), seed, recipe)
+        _save_params(path, params)
+    return params
+
+
+@functools.partial(jax.jit, static_argnames="recipe")
+def _log_probs(params, glyphs_b88, recipe):
+    return jax.nn.log_softmax(_digit_net(recipe).apply(params, glyphs_b88))
 
 
 @dataclasses.dataclass
 class Judge:
     """Fitted judge for one canvas size; `score` returns accuracies, `predict` per-video guesses."""
 
-    classifier: SVC
+    params: dict
     canvas: int
+    recipe: Recipe = RECIPE
 
     @classmethod
-    def fit(cls, canvas=32):
-        """Trains the digit classifier on training glyphs only (about a second on one CPU core)."""
+    def fit(cls, canvas=32, *, seed=0, recipe=RECIPE):
+        """Trains the digit network on training glyphs only, or loads it from the process or disk cache."""
         bouncing_digits.validate_geometry(1, canvas)
-        features_nd, digits_n = _training_features(canvas)
-        classifier = SVC(C=10.0, gamma="scale").fit(features_nd, digits_n)
-        return cls(classifier=classifier, canvas=canvas)
+        return cls(params=_fitted_params(canvas, seed, recipe), canvas=canvas, recipe=recipe)
+
+    def _frame_log_probs(self, videos_nthwc_uint8):
+        """(N, T, 10) digit log-probabilities of each frame, summed over the shifted windows; and the track."""
+        brightness_nthw = _brightness(videos_nthwc_uint8)
+        track_nt2 = centroid_track(brightness_nthw)
+        windows_ntv64 = np.stack(
+            [glyph_features(brightness_nthw, track_nt2 + np.array(xy)) for xy in CROP_JITTER_XY], axis=2
+        )
+        windows_m88 = windows_ntv64.reshape(-1, 8, 8)
+        num_windows = len(windows_m88)
+        padded_m88 = np.pad(windows_m88, ((0, -num_windows % PREDICT_CHUNK), (0, 0), (0, 0)))
+        log_probs_m10 = np.concatenate(
+            [_log_probs(self.params, chunk_c88, self.recipe) for chunk_c88 in np.split(
+                padded_m88, len(padded_m88) // PREDICT_CHUNK)]
+        )[:num_windows]
+        return log_probs_m10.reshape(windows_ntv64.shape[:3] + (10,)).sum(axis=2), track_nt2
 
     def predict(self, videos_nthwc_uint8):
         """dict of int arrays: digit (N,), colour (N,), direction (N,), frame_digits (N, T)."""
@@ -112,18 +324,12 @@ class Judge:
                 f"judge fitted for uint8 (N, T, {self.canvas}, {self.canvas}, 3), got "
                 f"{videos_nthwc_uint8.dtype} {videos_nthwc_uint8.shape}"
             )
-        num_videos, num_frames = videos_nthwc_uint8.shape[:2]
-        brightness_nthw = _brightness(videos_nthwc_uint8)
-        track_nt2 = centroid_track(brightness_nthw)
-        features_ntd = glyph_features(brightness_nthw, track_nt2)
-        frame_digits = self.classifier.predict(features_ntd.reshape(num_videos * num_frames, -1))
-        frame_digits_nt = frame_digits.reshape(num_videos, num_frames)
-        votes_n10 = (frame_digits_nt[..., None] == np.arange(10)).sum(axis=1)
+        log_probs_nt10, track_nt2 = self._frame_log_probs(videos_nthwc_uint8)
         return dict(
-            digit=votes_n10.argmax(axis=-1),
-            colour=_predict_colour(videos_nthwc_uint8, brightness_nthw),
+            digit=log_probs_nt10.sum(axis=1).argmax(axis=-1),
+            colour=_predict_colour(videos_nthwc_uint8, _brightness(videos_nthwc_uint8)),
             direction=_predict_direction(track_nt2),
-            frame_digits=frame_digits_nt,
+            frame_digits=log_probs_nt10.argmax(axis=-1),
         )
 
     def score(self, videos_nthwc_uint8, prompts):
