@@ -3,7 +3,6 @@
 Skipped cleanly on CPU and TPU (see conftest.py); run with `python -m pytest -m gpu tests/test_gpu.py`.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
