@@ -69,3 +69,20 @@ def abstract_like(tree):
 def dump_json(path: str, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def save_params(directory: str, params) -> None:
+    """Writes a params tree (numpy or jax arrays) as one orbax checkpoint, e.g. converted weights."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(directory), params, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def load_params(directory: str, abstract_params=None):
+    """Reads what `save_params` wrote; with `abstract_params` (ShapeDtypeStructs with shardings and
+    dtypes) each array is placed and cast as they say, without a full host copy first."""
+    checkpointer = ocp.StandardCheckpointer()
+    params = checkpointer.restore(os.path.abspath(directory), abstract_params)
+    checkpointer.close()
+    return params
