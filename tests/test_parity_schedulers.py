@@ -1,0 +1,91 @@
+"""Sampler steps vs diffusers' schedulers: the same model outputs and noise must give the same next
+sample (<= 1e-5) at every step of a whole run, and the same timesteps."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import jax.numpy as jnp  # noqa: E402
+
+from t2v_jax.diffusion import samplers  # noqa: E402
+from t2v_jax.diffusion.schedules import make_schedule, sigma_at  # noqa: E402
+
+pytestmark = pytest.mark.ref
+
+SHAPE = (2, 3, 4, 5)
+PREDICTION_NAMES = {"eps": "epsilon", "v": "v_prediction"}
+
+
+def _reference_scheduler(method, prediction_type):
+    common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                  prediction_type=PREDICTION_NAMES[prediction_type])
+    if method == "ddpm":
+        return diffusers.DDPMScheduler(timestep_spacing="trailing", clip_sample=False,
+                                       variance_type="fixed_small", **common)
+    if method == "ddim":
+        return diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True,
+                                       **common)
+    return diffusers.EulerAncestralDiscreteScheduler(**common)  # Allegro's: defaults, "linspace"
+
+
+def _model_output(x_t, reference, i, t, x0, prediction_type, rng):
+    """A plausible denoiser output (right for a fixed x0, plus error) so samples stay O(1) over the run."""
+    if isinstance(reference, diffusers.EulerAncestralDiscreteScheduler):
+        sigma_karras = reference.sigmas[i]
+        alpha, sigma = 1 / (1 + sigma_karras**2) ** 0.5, sigma_karras / (1 + sigma_karras**2) ** 0.5
+        x_t = x_t * alpha
+    else:
+        acp = reference.alphas_cumprod[int(t)]
+        alpha, sigma = acp**0.5, (1 - acp) ** 0.5
+    eps = (x_t - alpha * x0) / sigma + 0.1 * torch.from_numpy(rng.standard_normal(SHAPE).astype(np.float32))
+    return eps if prediction_type == "eps" else alpha * eps - sigma * x0
+
+
+def _our_step(method, x_t, pred, t, t_prev, schedule, prediction_type, noise, eta):
+    """One step of our sampler on the scheduler's own state, as `samplers.sample` takes it."""
+    karras = method == "euler_ancestral"
+    x_in = x_t / jnp.sqrt(1 + sigma_at(schedule, t) ** 2) if karras else x_t
+    x0, eps = samplers.to_x0_eps(pred, x_in, t, schedule, prediction_type)
+    if method == "ddim":
+        return samplers.ddim_step(x_t, x0, eps, t, t_prev, schedule, eta=eta, noise=noise)
+    return samplers._STEPS[method](x_t, x0, eps, t, t_prev, schedule, noise=noise)
+
+
+@pytest.mark.parametrize("method,prediction_type,num_steps,eta", [
+    ("ddpm", "eps", 50, 0.0),
+    ("ddpm", "v", 20, 0.0),
+    ("ddim", "eps", 50, 0.0),
+    ("ddim", "v", 25, 1.0),
+    ("euler_ancestral", "eps", 100, 0.0),
+    ("euler_ancestral", "v", 30, 0.0),
+])
+def test_steps_match_diffusers(method, prediction_type, num_steps, eta):
+    reference = _reference_scheduler(method, prediction_type)
+    reference.set_timesteps(num_steps)
+    schedule = make_schedule("linear", 1000)
+    t_n, t_prev_n = samplers.timesteps(method, num_steps, schedule)
+    np.testing.assert_allclose(np.asarray(t_n), reference.timesteps.numpy(), atol=1e-4)
+
+    rng = np.random.default_rng(0)
+    x0 = torch.from_numpy(rng.standard_normal(SHAPE).astype(np.float32))
+    x_t = torch.from_numpy(rng.standard_normal(SHAPE).astype(np.float32)) * reference.init_noise_sigma
+    for i, t in enumerate(reference.timesteps):
+        pred = _model_output(x_t, reference, i, t, x0, prediction_type, rng)
+        noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(i))
+        if method == "ddim":
+            expected = reference.step(pred, t, x_t, eta=eta, variance_noise=noise).prev_sample
+        else:
+            if method == "euler_ancestral":
+                reference.scale_model_input(x_t, t)  # advances nothing, but diffusers requires the call
+            expected = reference.step(pred, t, x_t,
+                                      generator=torch.Generator().manual_seed(i)).prev_sample
+        got = _our_step(method, jnp.asarray(x_t.numpy()), jnp.asarray(pred.numpy()), t_n[i], t_prev_n[i],
+                        schedule, prediction_type, jnp.asarray(noise.numpy()), eta)
+        # Euler's Karras samples are x0 + sigma eps with sigma up to ~157, beyond what a float32 can
+        # hold to 1e-5; they are compared in the unit-variance scale the denoiser sees.
+        scale = float(1 + reference.sigmas[i + 1] ** 2) ** -0.5 if method == "euler_ancestral" else 1.0
+        np.testing.assert_allclose(np.asarray(got) * scale, expected.numpy() * scale, atol=1e-5, rtol=0,
+                                   err_msg=f"step {i} (t={float(t)})")
+        x_t = expected
