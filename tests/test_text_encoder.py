@@ -1,6 +1,9 @@
-"""ByteTokenizer and T5Encoder: ids, masks, T5's bucket formula and a numpy forward pass."""
+"""ByteTokenizer, T5Tokenizer and T5Encoder: ids, masks, T5's bucket formula and a numpy forward pass.
+
+The comparisons with transformers are in test_parity_t5.py."""
 
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +11,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t2v_jax.models.text_encoder import (ByteTokenizer, T5Encoder, default_config, relative_position_bucket,
-                                         t5_v1_1_xxl_config)
+from t2v_jax.models.text_encoder import (ByteTokenizer, T5Encoder, T5Tokenizer, default_config,
+                                         relative_position_bucket, t5_v1_1_xxl_config)
 
 
 def test_tokenizer_round_trip_padding_and_mask():
@@ -32,6 +35,53 @@ def test_tokenizer_truncation_keeps_eos():
     np.testing.assert_array_equal(mask, [[True] * 5, [True, True, True, False, False]])
     with pytest.raises(ValueError, match="max_length"):
         ByteTokenizer(0)
+
+
+@pytest.mark.parametrize("file,module", [("spiece.model", "sentencepiece"), ("tokenizer.json", "tokenizers")])
+def test_t5_tokenizer_names_the_missing_package(tmp_path, monkeypatch, file, module):
+    (tmp_path / file).write_text("")
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=f"pip install {module}"):
+        T5Tokenizer.from_dir(str(tmp_path))
+
+
+def test_t5_tokenizer_needs_a_vocabulary_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="spiece.model"):
+        T5Tokenizer.from_dir(str(tmp_path))
+
+
+@pytest.fixture
+def spiece_dir(tmp_path):
+    """A folder with a tiny sentencepiece model that has T5's special ids: pad 0, eos 1, unk 2."""
+    spm = pytest.importorskip("sentencepiece")
+    sentences = ["a red three moves left", "a blue seven moves up"] * 8
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_prefix=str(tmp_path / "spiece"),
+                                   vocab_size=40, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    return tmp_path
+
+
+def test_t5_tokenizer_pads_truncates_and_warns(spiece_dir):
+    tokenizer = T5Tokenizer.from_dir(str(spiece_dir), max_length=6)
+    texts = ["a red", "a red three moves left, a blue seven moves up"]
+    short, long = (len(tokenizer.encode(text)) + 1 for text in texts)
+    with pytest.warns(UserWarning, match=f"prompt 1 has {long} tokens.*last {long - 6} tokens are cut"):
+        ids_bl, mask_bl = tokenizer(texts)
+    assert ids_bl.dtype == np.int32 and mask_bl.dtype == bool and ids_bl.shape == (2, 6)
+    np.testing.assert_array_equal(ids_bl[0, short - 1:], [1] + [0] * (6 - short))
+    np.testing.assert_array_equal(mask_bl[0], np.arange(6) < short)
+    assert ids_bl[1, -1] == 1 and mask_bl[1].all()
+    with pytest.raises(ValueError, match="max_length"):
+        T5Tokenizer.from_dir(str(spiece_dir), max_length=0)
+
+
+def test_t5_tokenizer_takes_special_tokens_from_the_folder(spiece_dir):
+    (spiece_dir / "special_tokens_map.json").write_text('{"eos_token": {"content": "<unk>"}}')
+    ids_bl, _ = T5Tokenizer.from_dir(str(spiece_dir), max_length=4)(["a"])
+    assert 2 in ids_bl[0].tolist() and 1 not in ids_bl[0].tolist()
+    (spiece_dir / "special_tokens_map.json").write_text('{"pad_token": "[PAD]"}')
+    with pytest.raises(ValueError, match=r"pad_token '\[PAD\]' is not in"):
+        T5Tokenizer.from_dir(str(spiece_dir))
 
 
 def _np_bucket(relative_position, bidirectional, num_buckets, max_distance):
@@ -164,3 +214,13 @@ def test_xxl_config_matches_hugging_face_t5_encoder_size():
     ids, mask = ByteTokenizer(8)(["x"])
     shapes = jax.eval_shape(T5Encoder(t5_v1_1_xxl_config()).init, jax.random.key(0), ids, mask)
     assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(nn.unbox(shapes))) == 4_762_310_656
+
+
+def test_xxl_config_is_what_the_released_config_json_gives():
+    """google/t5-v1_1-xxl's config.json fields, read by the converter's config reader."""
+    from t2v_jax.convert.t5 import t5_config_from_hf
+
+    config_json = {"d_ff": 10240, "d_kv": 64, "d_model": 4096, "dropout_rate": 0.1,
+                   "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-06, "num_heads": 64,
+                   "num_layers": 24, "relative_attention_num_buckets": 32, "vocab_size": 32128}
+    assert t5_config_from_hf(config_json).to_dict() == t5_v1_1_xxl_config().to_dict()

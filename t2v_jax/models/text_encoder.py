@@ -1,13 +1,22 @@
-"""Text conditioning: a byte-level tokenizer and a T5 v1.1-style encoder.
+"""Text conditioning: tokenizers and a T5 v1.1 encoder.
 
-The default is small and trained with the video model, so it needs no download and no vocabulary file;
-`t5_v1_1_xxl_config()` gives Allegro's T5 v1.1 XXL encoder for weights converted from Hugging Face.
+The default is small and byte-level, trained with the video model, so it needs no download and no
+vocabulary file. `t5_v1_1_xxl_config()` gives Allegro's T5 v1.1 XXL encoder for weights converted from
+Hugging Face (`t2v_jax.convert.t5`), and `T5Tokenizer` reads the checkpoint's own tokenizer files.
+With converted weights the encoder matches `transformers.T5EncoderModel` at every position, padded ones
+included (in rows with at least one real token): pre-norm RMSNorm (fp32 variance, no mean), unscaled
+attention logits plus a bucketed relative position bias that block 0 computes and every block reuses,
+gated tanh-GELU feed-forward, final norm.
 Parameter names follow `transformers.T5EncoderModel` (`encoder.block.0.layer.0.SelfAttention.q.weight` ->
 `block_0/layer_0/SelfAttention/q/kernel` transposed; `shared.weight` -> `shared/embedding`;
 `encoder.final_layer_norm.weight` -> `final_layer_norm/scale`), so a converter is a rename.
 """
 
+import importlib
+import json
 import math
+import os
+import warnings
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -17,8 +26,6 @@ from flax import linen as nn
 
 from t2v_jax.layers.attention import attention
 from t2v_jax.layers.norms import RMSNorm
-
-_NORM_EPS = 1e-6
 
 
 class ByteTokenizer:
@@ -56,13 +63,102 @@ class ByteTokenizer:
         return out.decode("utf-8", errors="ignore")
 
 
+def _import_optional(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"T5Tokenizer needs the optional package {module!r} to read this tokenizer: "
+                          f"pip install {module}") from error
+
+
+def _special_token(path: str, key: str, default: str) -> str:
+    """The token that the folder's transformers files name under `key` ("eos_token", "pad_token")."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file) as f:
+                value = json.load(f).get(key)
+            if value is not None:
+                return value["content"] if isinstance(value, dict) else value
+    return default
+
+
+def _tokenizers_backend(file: str):
+    """(text -> ids without specials, {token: id}) from a `tokenizer.json`."""
+    tokenizer = _import_optional("tokenizers").Tokenizer.from_file(file)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    return encode, tokenizer.get_vocab(with_added_tokens=True)
+
+
+def _sentencepiece_backend(file: str):
+    """(text -> ids, {piece: id}) from a sentencepiece `spiece.model`."""
+    model = _import_optional("sentencepiece").SentencePieceProcessor(model_file=file)
+    return model.encode, {model.id_to_piece(i): i for i in range(model.get_piece_size())}
+
+
+class T5Tokenizer:
+    """The tokenizer of a T5 checkpoint folder, giving the ids of `transformers.T5TokenizerFast` called
+    with `truncation=True, padding="max_length"`: text ids, eos, then pad ids up to `max_length`.
+
+    `from_dir` reads `tokenizer.json` with `tokenizers` when the folder has one (the very pipeline
+    transformers runs, added tokens included), else `spiece.model` with `sentencepiece`. That second path
+    knows nothing of transformers' added tokens, so a prompt that spells out `</s>` or `<extra_id_0>`
+    gets the ids of those characters rather than the special id.
+    """
+
+    def __init__(self, encode, eos_id: int, pad_id: int, max_length: int):
+        """`encode` maps a text to its token ids, without eos."""
+        if max_length < 1:
+            raise ValueError(f"max_length={max_length} must be at least 1 (room for eos)")
+        self.encode, self.eos_id, self.pad_id, self.max_length = encode, eos_id, pad_id, max_length
+
+    @classmethod
+    def from_dir(cls, path: str, max_length: int = 512) -> "T5Tokenizer":
+        if os.path.isfile(os.path.join(path, "tokenizer.json")):
+            encode, vocab = _tokenizers_backend(os.path.join(path, "tokenizer.json"))
+        elif os.path.isfile(os.path.join(path, "spiece.model")):
+            encode, vocab = _sentencepiece_backend(os.path.join(path, "spiece.model"))
+        else:
+            raise FileNotFoundError(f"{path} has neither tokenizer.json nor spiece.model")
+        ids = {}
+        for key, default in (("eos_token", "</s>"), ("pad_token", "<pad>")):
+            token = _special_token(path, key, default)
+            if token not in vocab:
+                raise ValueError(f"{path}: {key} {token!r} is not in the tokenizer's vocabulary")
+            ids[key] = vocab[token]
+        return cls(encode, ids["eos_token"], ids["pad_token"], max_length)
+
+    def __call__(self, texts: Sequence[str]):
+        """Returns (ids_bl int32, mask_bl bool) numpy arrays; mask is True on text tokens and eos.
+
+        A prompt with more than `max_length - 1` tokens keeps its first ones and eos, with a warning."""
+        ids_bl = np.full((len(texts), self.max_length), self.pad_id, np.int32)
+        mask_bl = np.zeros((len(texts), self.max_length), bool)
+        for i, text in enumerate(texts):
+            ids = list(self.encode(text))
+            if len(ids) > self.max_length - 1:
+                warnings.warn(f"prompt {i} has {len(ids) + 1} tokens with eos, more than max_length="
+                              f"{self.max_length}: its last {len(ids) + 1 - self.max_length} tokens are cut "
+                              f"({text[:40]!r}...)")
+                ids = ids[: self.max_length - 1]
+            ids_bl[i, : len(ids) + 1] = ids + [self.eos_id]
+            mask_bl[i, : len(ids) + 1] = True
+        return ids_bl, mask_bl
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Small byte-level encoder trained with the video model.
 
     Fields: vocab_size; width (d_model); num_layers; num_heads x head_dim (d_kv); mlp_dim (d_ff of the
-    gated-GELU feed-forward); num_buckets / max_distance of the relative position bias; dropout (T5
-    places it after the embedding, attention, feed-forward and final norm); attention_implementation
-    (a `t2v_jax.layers.attention` kernel with bias support); dtype / param_dtype (compute / storage).
+    gated-GELU feed-forward); num_buckets / max_distance of the relative position bias; layer_norm_eps
+    (of every RMSNorm); dropout (T5 places it after the embedding, attention, feed-forward and final
+    norm); attention_implementation (a `t2v_jax.layers.attention` kernel with bias support);
+    dtype / param_dtype (compute / storage).
     """
     cfg = ml_collections.ConfigDict()
     cfg.vocab_size = ByteTokenizer.vocab_size
@@ -73,6 +169,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.mlp_dim = 256
     cfg.num_buckets = 32
     cfg.max_distance = 128
+    cfg.layer_norm_eps = 1e-6
     cfg.dropout = 0.0
     cfg.attention_implementation = "xla"
     cfg.dtype = "float32"
@@ -120,8 +217,15 @@ def _dense(features, axes, stddev, cfg, name):
                     kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes), name=name)
 
 
+def _rms_norm(cfg, name):
+    return RMSNorm(cfg.layer_norm_eps, jnp.dtype(cfg.param_dtype), name=name)
+
+
 class T5SelfAttention(nn.Module):
-    """T5 attention: no bias terms and no 1/sqrt(head_dim) on the logits (the q init absorbs it)."""
+    """T5 attention: no bias terms and no 1/sqrt(head_dim) on the logits (the q init absorbs it).
+
+    Block 0 owns the relative position table and returns the bias (1, H, L, L) it built; later blocks
+    are given it, as in `transformers`."""
 
     config: ml_collections.ConfigDict
     has_relative_attention_bias: bool = False
@@ -146,9 +250,7 @@ class T5SelfAttention(nn.Module):
             table = nn.Embed(cfg.num_buckets, cfg.num_heads, param_dtype=jnp.dtype(cfg.param_dtype),
                              embedding_init=table_init, name="relative_attention_bias")
             bias_bhll = jnp.transpose(table(buckets_ll), (2, 0, 1))[None].astype(jnp.float32)
-        # attention() divides by sqrt(head_dim); T5 does not, so q is scaled up to cancel it.
-        q_blhd = q_blhd * jnp.asarray(math.sqrt(cfg.head_dim), q_blhd.dtype)
-        o_blhd = attention(q_blhd, k_blhd, v_blhd, kv_mask_bs=mask_bl, bias_bhls=bias_bhll,
+        o_blhd = attention(q_blhd, k_blhd, v_blhd, kv_mask_bs=mask_bl, bias_bhls=bias_bhll, scale=1.0,
                            implementation=cfg.attention_implementation)
         o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
         return _dense(cfg.width, ("heads", "embed"), inner**-0.5, cfg, "o")(o_bld), bias_bhll
@@ -160,7 +262,7 @@ class T5LayerSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x_bld, mask_bl, bias_bhll, deterministic):
-        y_bld = RMSNorm(_NORM_EPS, jnp.dtype(self.config.param_dtype), name="layer_norm")(x_bld)
+        y_bld = _rms_norm(self.config, "layer_norm")(x_bld)
         y_bld, bias_bhll = T5SelfAttention(self.config, self.has_relative_attention_bias,
                                            name="SelfAttention")(y_bld, mask_bl, bias_bhll)
         return x_bld + nn.Dropout(self.config.dropout)(y_bld, deterministic=deterministic), bias_bhll
@@ -186,7 +288,7 @@ class T5LayerFF(nn.Module):
 
     @nn.compact
     def __call__(self, x_bld, deterministic):
-        y_bld = RMSNorm(_NORM_EPS, jnp.dtype(self.config.param_dtype), name="layer_norm")(x_bld)
+        y_bld = _rms_norm(self.config, "layer_norm")(x_bld)
         y_bld = T5DenseGatedActDense(self.config, name="DenseReluDense")(y_bld, deterministic)
         return x_bld + nn.Dropout(self.config.dropout)(y_bld, deterministic=deterministic)
 
@@ -221,5 +323,5 @@ class T5Encoder(nn.Module):
         for i in range(cfg.num_layers):
             x_bld, bias_bhll = T5Block(cfg, has_relative_attention_bias=i == 0, name=f"block_{i}")(
                 x_bld, mask_bl, bias_bhll, deterministic)
-        x_bld = RMSNorm(_NORM_EPS, jnp.dtype(cfg.param_dtype), name="final_layer_norm")(x_bld)
+        x_bld = _rms_norm(cfg, "final_layer_norm")(x_bld)
         return nn.Dropout(cfg.dropout)(x_bld, deterministic=deterministic)
