@@ -6,19 +6,25 @@ time (strided (2,3,3) conv) and/or halve space (strided 3x3 conv). The decoder m
 one extra layer per block, doubling time by predicting two frames per frame and space by nearest
 upsampling. The encoder predicts the mean and log-variance of a diagonal Gaussian latent.
 
-Parameter names follow diffusers so that a converter is a rename plus transposes:
-`encoder/down_blocks_0/resnets_0/norm1/scale` <- `encoder.down_blocks.0.resnets.0.norm1.weight`; inside a
-temporal block `conv1..conv4` hold the `Conv3d` of `convN.{2|3}` and `norm1..norm4` its `GroupNorm`
-(`convN.0`); `mid_block/attentions_0/attention/{query,key,value,out}` hold `to_q/to_k/to_v/to_out.0`;
+Parameter names follow diffusers so that a converter is a rename plus transposes
+(`t2v_jax.convert.allegro_vae`): `encoder/down_blocks_0/resnets_0/norm1/scale` <-
+`encoder.down_blocks.0.resnets.0.norm1.weight`; inside a temporal block `conv1..conv4` hold the `Conv3d`
+of `convN.{2|3}` and `norm1..norm4` its `GroupNorm` (`convN.0`);
+`mid_block/attentions_0/attention/{query,key,value,out}` hold `to_q/to_k/to_v/to_out.0`;
 `downsamplers_0` / `upsamplers_0` hold `downsamplers.0.conv` / `upsamplers.0.conv`.
 
 Differences from diffusers: no dropout (Allegro uses 0.1 in its temporal blocks when training); the last
 conv of every temporal block starts at zero, as in Allegro's original code, so each temporal block starts
-as the identity; tiles need not fit the video exactly (the last tile is aligned to the end).
+as the identity; untiled encode/decode exist (diffusers raises NotImplementedError without tiling).
 
-Tiling: GroupNorm statistics span a whole frame (2D parts) or a whole clip (temporal blocks), so a tiled
-result is an approximation of the untiled one, exactly as in diffusers; tiles are blended linearly over
-their overlap so that no seam shows.
+Tiling follows diffusers' `tiled_encode` / `tiled_decode`: tiles start every `tile - overlap`, each
+tile's output is multiplied by linear ramps over its overlaps (`_prepare_for_blend`) and summed; the
+encoder's features are blended before `quant_conv`, and `post_quant_conv` runs before the decoder
+tiles. Where diffusers' tiles cover the video exactly (Allegro: 88 x 720 x 1280) the numbers are
+the same. Elsewhere diffusers leaves the uncovered tail at zero (or makes no tile at all for a video
+shorter than one tile); here a last tile is aligned to the end, or the tile shrinks to the video,
+and the weights are renormalised to sum to one. GroupNorm statistics span a whole frame (2D parts) or
+a whole tile in time (temporal blocks), so a tiled result differs from the untiled one, as in diffusers.
 """
 
 import itertools
@@ -32,10 +38,11 @@ from flax import linen as nn
 from jax import lax
 
 from t2v_jax.layers.attention import Attention
-from t2v_jax.layers.conv3d import TemporalConv
+from t2v_jax.layers.conv3d import TemporalConv, pad_time
 from t2v_jax.layers.norms import GroupNorm
 
 _NORM_EPS = 1e-6
+_TEMPORAL_NORM_EPS = 1e-5  # torch.nn.GroupNorm's default: Allegro's temporal blocks do not set eps
 _LOGVAR_RANGE = (-30.0, 20.0)
 
 
@@ -47,7 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
       layers_per_block: ResNet+temporal layers per encoder block (decoder blocks get one more).
       latent_channels: channels of the latent; the encoder predicts twice as many (mean and logvar).
       temporal_downsample / spatial_downsample: per block, whether the block halves time / height and
-        width at its end; the last block never does. The decoder mirrors them.
+        width at its end; the last block never does. The decoder mirrors spatial_downsample.
+      temporal_upsample: per decoder block, whether it doubles time at its end (diffusers'
+        `temporal_upsample_blocks`); None mirrors temporal_downsample.
       norm_num_groups: GroupNorm groups; must divide every entry of block_out_channels.
       mid_attention: per-frame spatial self-attention in the mid blocks (as in Allegro).
       attention_implementation: kernel name for `t2v_jax.layers.attention`.
@@ -56,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
       tile_frames, tile_size: pixel-space tile length in frames and tile height=width in pixels.
       tile_overlap_frames, tile_overlap: pixel-space overlap of neighbouring tiles in frames and
         (height, width) pixels; blended linearly. All tile numbers must divide by the compression ratios.
+        Diffusers: tile_frames=24, tile_overlap_frames=8, tile_overlap=(120, 80) are fixed in
+        `AutoencoderKLAllegro.__init__`, tile_size is its `sample_size`.
     """
     cfg = ml_collections.ConfigDict()
     cfg.block_out_channels = (32, 64, 64)
@@ -63,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.latent_channels = 4
     cfg.temporal_downsample = (True, False, False)
     cfg.spatial_downsample = (True, True, False)
+    cfg.temporal_upsample = None
     cfg.norm_num_groups = 8
     cfg.mid_attention = True
     cfg.attention_implementation = "xla"
@@ -82,6 +94,7 @@ def allegro_config() -> ml_collections.ConfigDict:
     cfg.latent_channels = 4
     cfg.temporal_downsample = (True, True, False, False)
     cfg.spatial_downsample = (True, True, True, False)
+    cfg.temporal_upsample = (False, True, True, False)
     cfg.norm_num_groups = 32
     cfg.scaling_factor = 0.13
     cfg.tile_frames = 24
@@ -99,6 +112,14 @@ def spatial_compression(cfg) -> int:
     return 2 ** sum(bool(d) for d in cfg.spatial_downsample)
 
 
+def temporal_upsample(cfg) -> tuple[bool, ...]:
+    """Per decoder block, whether it doubles time: `cfg.temporal_upsample`, or the encoder's flags mirrored."""
+    if cfg.get("temporal_upsample") is None:
+        n = len(cfg.block_out_channels)
+        return tuple(i < n - 1 and bool(cfg.temporal_downsample[n - 2 - i]) for i in range(n))
+    return tuple(bool(flag) for flag in cfg.temporal_upsample)
+
+
 def validate_config(cfg) -> None:
     """Raises ValueError naming the field when the config cannot build a working VAE."""
     n = len(cfg.block_out_channels)
@@ -109,6 +130,11 @@ def validate_config(cfg) -> None:
                 f"{field} has {len(flags)} entries; needs one per block ({n}, block_out_channels)")
         if flags[-1]:
             raise ValueError(f"{field}[-1] must be False: the last block does not downsample")
+    upsample = temporal_upsample(cfg)
+    if len(upsample) != n or sum(upsample) != sum(bool(d) for d in cfg.temporal_downsample):
+        raise ValueError(f"temporal_upsample={upsample} needs one entry per block ({n}) "
+                         f"and as many True as temporal_downsample={tuple(cfg.temporal_downsample)}, so "
+                         "that decoding restores the frame count")
     for channels in cfg.block_out_channels:
         if channels % cfg.norm_num_groups:
             raise ValueError(f"norm_num_groups={cfg.norm_num_groups} must divide block_out_channels "
@@ -192,7 +218,9 @@ class TemporalBlock(nn.Module):
 
     mode "same" keeps the frame count with (3,1,1) kernels; "down" halves it with a strided (2,3,3)
     conv (the residual takes every other frame); "up" doubles it by predicting two frames per frame
-    (the residual repeats each frame). GroupNorm statistics span all frames, as in PyTorch.
+    (the residual repeats each frame). GroupNorm statistics span all frames, as in PyTorch, with
+    torch's default eps (1e-5), not the 1e-6 of the rest of the VAE. Allegro pads time *before* each
+    GroupNorm-SiLU-conv layer, so the statistics count the repeated edge frames twice; so does this.
     """
 
     features: int
@@ -202,20 +230,27 @@ class TemporalBlock(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc):
         k = 1 if self.mode == "same" else 3
-        h = nn.silu(GroupNorm(self.num_groups, _NORM_EPS, name="norm1")(x_bthwc))
+
+        def norm_act(i, h_bthwc):
+            return nn.silu(GroupNorm(self.num_groups, _TEMPORAL_NORM_EPS, name=f"norm{i}")(h_bthwc))
+
+        def padded_layer(i, h_bthwc):
+            init = nn.initializers.zeros if i == 4 else nn.initializers.lecun_normal()
+            h_bthwc = norm_act(i, pad_time(h_bthwc, 1, 1, "replicate"))
+            return TemporalConv(self.features, (3, k, k), temporal_padding="valid", kernel_init=init,
+                                name=f"conv{i}")(h_bthwc)
+
         if self.mode == "down":
             identity = x_bthwc[:, ::2]
-            h = TemporalConv(self.features, (2, k, k), (2, 1, 1), "valid", name="conv1")(h)
+            h = TemporalConv(self.features, (2, k, k), (2, 1, 1), "valid", name="conv1")(norm_act(1, x_bthwc))
         elif self.mode == "up":
             identity = jnp.repeat(x_bthwc, 2, axis=1)
-            h = interleave_frames(TemporalConv(2 * self.features, (1, k, k), name="conv1")(h))
+            h = interleave_frames(TemporalConv(2 * self.features, (1, k, k), name="conv1")(norm_act(1, x_bthwc)))
         else:
             identity = x_bthwc
-            h = TemporalConv(self.features, (3, k, k), name="conv1")(h)
+            h = padded_layer(1, x_bthwc)
         for i in (2, 3, 4):
-            init = nn.initializers.zeros if i == 4 else nn.initializers.lecun_normal()
-            h = nn.silu(GroupNorm(self.num_groups, _NORM_EPS, name=f"norm{i}")(h))
-            h = TemporalConv(self.features, (3, k, k), kernel_init=init, name=f"conv{i}")(h)
+            h = padded_layer(i, h)
         return identity + h
 
 
@@ -321,13 +356,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder: up block i undoes the downsampling at the end of encoder block n-2-i."""
+    """Mirror of the encoder: up block i undoes the spatial downsampling at the end of encoder block n-2-i
+    and doubles time where `temporal_upsample[i]`."""
 
     block_out_channels: Sequence[int]
     layers_per_block: int
     out_channels: int
     num_groups: int
-    temporal_downsample: Sequence[bool]
+    temporal_upsample: Sequence[bool]
     spatial_downsample: Sequence[bool]
     mid_attention: bool
     attention_implementation: str
@@ -343,7 +379,7 @@ class Decoder(nn.Module):
         for i, features in enumerate(channels):
             mirrored = n - 2 - i
             x_bthwc = UpBlock(features, self.layers_per_block + 1, self.num_groups,
-                              mirrored >= 0 and bool(self.temporal_downsample[mirrored]),
+                              bool(self.temporal_upsample[i]),
                               mirrored >= 0 and bool(self.spatial_downsample[mirrored]),
                               name=f"up_blocks_{i}")(x_bthwc)
         x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
@@ -372,18 +408,23 @@ class VideoVAE(nn.Module):
         cfg = self.config
         validate_config(cfg)
         common = dict(block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-                      num_groups=cfg.norm_num_groups, temporal_downsample=tuple(cfg.temporal_downsample),
-                      spatial_downsample=tuple(cfg.spatial_downsample), mid_attention=cfg.mid_attention,
-                      attention_implementation=cfg.attention_implementation)
-        self.encoder = Encoder(out_channels=2 * cfg.latent_channels, **common)
-        self.decoder = Decoder(out_channels=3, **common)
+                      num_groups=cfg.norm_num_groups, spatial_downsample=tuple(cfg.spatial_downsample),
+                      mid_attention=cfg.mid_attention, attention_implementation=cfg.attention_implementation)
+        self.encoder = Encoder(out_channels=2 * cfg.latent_channels,
+                               temporal_downsample=tuple(cfg.temporal_downsample), **common)
+        self.decoder = Decoder(out_channels=3, temporal_upsample=temporal_upsample(cfg), **common)
         self.quant_conv = _conv2d(2 * cfg.latent_channels, 1)
         self.post_quant_conv = _conv2d(cfg.latent_channels, 1)
 
     def encode(self, video_bthwc):
-        """Returns the posterior's (mean, logvar); logvar clipped to [-30, 20] as in diffusers."""
-        moments = self.quant_conv(self.encoder(video_bthwc))
-        mean_bthwc, logvar_bthwc = jnp.split(moments, 2, axis=-1)
+        """Returns the posterior's (mean, logvar)."""
+        return self.moments(self.encoder(video_bthwc))
+
+    def moments(self, h_bthwc):
+        """Encoder output -> (mean, logvar) through quant_conv, logvar clipped to [-30, 20] as in diffusers.
+
+        Separate from `encode` because tiled encoding blends encoder outputs and runs this once after."""
+        mean_bthwc, logvar_bthwc = jnp.split(self.quant_conv(h_bthwc), 2, axis=-1)
         return mean_bthwc, jnp.clip(logvar_bthwc, *_LOGVAR_RANGE)
 
     def decode(self, z_bthwc):
@@ -399,14 +440,19 @@ class VideoVAE(nn.Module):
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> tuple[int, ...]:
-    """Starts of `tile`-long tiles covering [0, size), neighbours sharing >= `overlap`; last end-aligned."""
+    """Starts of `tile`-long tiles covering [0, size): every `tile - overlap` as in diffusers, plus a last
+    tile aligned to the end where those do not reach it."""
     if size <= tile:
         return (0,)
     return tuple(range(0, size - tile, tile - overlap)) + (size - tile,)
 
 
 def _blend_weights(starts, tile):
-    """Per-tile 1D weights (n, tile): Allegro's linear ramps over each overlap, normalised to sum to 1."""
+    """Per-tile 1D weights (n, tile): diffusers' `_prepare_for_blend` ramps (0, 1/ov, ...) up over the
+    overlap with the previous tile and (1, 1 - 1/ov, ...) down over the next, normalised to sum to one.
+
+    Where neighbours overlap by at most half a tile, as diffusers' tiles do, the ramps already sum to
+    one and the normalisation changes nothing; it matters only next to an end-aligned last tile."""
     weights = np.ones((len(starts), tile), np.float64)
     for i, start in enumerate(starts):
         if i > 0:
@@ -425,8 +471,9 @@ def tiled_apply(fn: Callable, x_bthwc, *, tile_thw, overlap_thw, in_unit_thw, ou
     """Runs `fn` on overlapping (T, H, W) tiles of `x_bthwc` and blends the outputs linearly at the seams.
 
     Sizes are counted in grid cells: one cell is `in_unit_thw` input elements and `out_unit_thw` output
-    elements per axis (decode: (1,1,1) -> (rt,rs,rs); encode the reverse). Tiles are static-shaped, so one
-    `lax.scan` over tiles slices, runs `fn` and accumulates; memory holds one tile's activations at a time.
+    elements per axis (decode: (1,1,1) -> (rt,rs,rs); encode the reverse). The blend ramps span the
+    overlap in output elements, as diffusers' do. Tiles are static-shaped, so one `lax.scan` over tiles
+    slices, runs `fn` and accumulates; memory holds one tile's activations at a time.
     """
     b, t, h, w, c = x_bthwc.shape
     grid = (t // in_unit_thw[0], h // in_unit_thw[1], w // in_unit_thw[2])
@@ -467,41 +514,53 @@ def _grid_tiles(cfg):
     return tile, overlap, (rt, rs, rs)
 
 
-def vae_encode(vae: VideoVAE, params, video_bthwc, *, rng=None, tiled=True):
-    """Video in [-1, 1] -> latents * scaling_factor (a posterior sample when `rng` is given, else the mean).
+def vae_moments(vae: VideoVAE, params, video_bthwc, *, tiled=True):
+    """Video in [-1, 1] -> the posterior's unscaled (mean, logvar), each (B, T/rt, H/rs, W/rs, latent).
 
-    Pure and traceable: call it inside the caller's `jax.jit`.
+    Tiled as diffusers' `tiled_encode`: the encoder runs per tile, its outputs are blended, then
+    quant_conv runs once. Pure and traceable: call it inside the caller's `jax.jit`.
     """
     cfg = vae.config
     validate_config(cfg)
     check_frames(cfg, video_bthwc.shape[1])
     check_resolution(cfg, *video_bthwc.shape[2:4])
 
-    def moments(v_bthwc):
-        return jnp.concatenate(vae.apply(params, v_bthwc, method=VideoVAE.encode), axis=-1)
+    def encoder(v_bthwc):
+        return vae.apply(params, v_bthwc, method=lambda module, v: module.encoder(v))
 
     if tiled:
         tile, overlap, unit = _grid_tiles(cfg)
-        moments_bthwc = tiled_apply(moments, video_bthwc, tile_thw=tile, overlap_thw=overlap,
-                                    in_unit_thw=unit, out_unit_thw=(1, 1, 1))
+        h_bthwc = tiled_apply(encoder, video_bthwc, tile_thw=tile, overlap_thw=overlap, in_unit_thw=unit,
+                              out_unit_thw=(1, 1, 1))
     else:
-        moments_bthwc = moments(video_bthwc)
-    mean_bthwc, logvar_bthwc = jnp.split(moments_bthwc, 2, axis=-1)
+        h_bthwc = encoder(video_bthwc)
+    return vae.apply(params, h_bthwc, method=VideoVAE.moments)
+
+
+def vae_encode(vae: VideoVAE, params, video_bthwc, *, rng=None, tiled=True):
+    """Video in [-1, 1] -> latents * scaling_factor (a posterior sample when `rng` is given, else the mean).
+
+    Pure and traceable: call it inside the caller's `jax.jit`.
+    """
+    mean_bthwc, logvar_bthwc = vae_moments(vae, params, video_bthwc, tiled=tiled)
     z_bthwc = mean_bthwc if rng is None else sample_latent(mean_bthwc, logvar_bthwc, rng)
-    return z_bthwc * cfg.scaling_factor
+    return z_bthwc * vae.config.scaling_factor
 
 
 def vae_decode(vae: VideoVAE, params, latents_bthwc, *, tiled=True):
-    """Scaled latents -> video in about [-1, 1]; the only place that divides by scaling_factor."""
+    """Scaled latents -> video in about [-1, 1]; the only place that divides by scaling_factor.
+
+    Tiled as diffusers' `tiled_decode`: post_quant_conv runs once, then the decoder per tile."""
     cfg = vae.config
     validate_config(cfg)
-    z_bthwc = latents_bthwc / cfg.scaling_factor
+    z_bthwc = vae.apply(params, latents_bthwc / cfg.scaling_factor,
+                        method=lambda module, z: module.post_quant_conv(z))
 
-    def decode(z_tile):
-        return vae.apply(params, z_tile, method=VideoVAE.decode)
+    def decoder(z_tile):
+        return vae.apply(params, z_tile, method=lambda module, z: module.decoder(z))
 
     if not tiled:
-        return decode(z_bthwc)
+        return decoder(z_bthwc)
     tile, overlap, unit = _grid_tiles(cfg)
-    return tiled_apply(decode, z_bthwc, tile_thw=tile, overlap_thw=overlap, in_unit_thw=(1, 1, 1),
+    return tiled_apply(decoder, z_bthwc, tile_thw=tile, overlap_thw=overlap, in_unit_thw=(1, 1, 1),
                        out_unit_thw=unit)

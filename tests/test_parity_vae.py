@@ -1,0 +1,133 @@
+"""VideoVAE vs diffusers' AutoencoderKLAllegro: random weights saved as safetensors, converted by the
+converter users run, encode moments and decodes compared number for number (fp32, max abs error <= 1e-4),
+untiled (diffusers' encoder/decoder called directly: its `encode`/`decode` only run tiled) and tiled
+(`enable_tiling()`, with tiles small enough that the test video splits in t, h and w)."""
+
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from t2v_jax.convert.allegro_vae import convert_vae, vae_config_from_diffusers  # noqa: E402
+from t2v_jax.convert.safetensors_io import ConversionError  # noqa: E402
+from t2v_jax.models import video_vae as vv  # noqa: E402
+
+pytestmark = pytest.mark.ref
+
+ATOL = 1e-4
+
+# (diffusers kwargs, video (T, H, W), tiles (frames, size, overlap_frames, overlap_h, overlap_w)): each
+# video splits into tiles on every axis, with diffusers' strides landing exactly on its end.
+CASES = {
+    "two_blocks_x2": (dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                           temporal_downsample_blocks=(True, False), temporal_upsample_blocks=(False, True),
+                           temporal_compression_ratio=2),
+                      (8, 16, 20), (4, 8, 2, 4, 2)),
+    "three_blocks_x4": (dict(block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=8,
+                             temporal_downsample_blocks=(True, True, False),
+                             temporal_upsample_blocks=(False, True, True), temporal_compression_ratio=4),
+                        (16, 24, 32), (8, 16, 4, 8, 8)),
+}
+
+
+def _perturb(model):
+    """Random init leaves GroupNorms at (1, 0) and Allegro's temporal convs small: redraw every tensor."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and name.endswith(".weight"):  # GroupNorm scale
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            elif param.ndim == 1:
+                param.copy_(0.2 * torch.randn_like(param))
+            else:
+                param.copy_(torch.randn_like(param) / np.sqrt(param[0].numel()))
+
+
+def _reference(kwargs, tiles, directory):
+    tile_frames, tile_size, overlap_t, overlap_h, overlap_w = tiles
+    torch.manual_seed(0)
+    n = len(kwargs["block_out_channels"])
+    model = diffusers.AutoencoderKLAllegro(
+        down_block_types=("AllegroDownBlock3D",) * n, up_block_types=("AllegroUpBlock3D",) * n,
+        sample_size=tile_size, **kwargs).eval()
+    _perturb(model)
+    model.save_pretrained(directory)
+    # diffusers fixes the tile frames and overlaps in __init__; tiled_encode/decode read these two.
+    model.kernel = (tile_frames, tile_size, tile_size)
+    model.stride = (tile_frames - overlap_t, tile_size - overlap_h, tile_size - overlap_w)
+    return model
+
+
+def _per_frame(conv, x_bcthw):
+    b = x_bcthw.shape[0]
+    y = conv(x_bcthw.permute(0, 2, 1, 3, 4).flatten(0, 1))
+    return y.unflatten(0, (b, -1)).permute(0, 2, 1, 3, 4)
+
+
+def _to_jax(x_bcthw):
+    return jnp.asarray(x_bcthw.numpy().transpose(0, 2, 3, 4, 1))
+
+
+def _to_torch_layout(x_bthwc):
+    return np.asarray(x_bthwc).transpose(0, 4, 1, 2, 3)
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    """Reference model, converted VideoVAE and inputs of one case, shared by its tests."""
+    kwargs, (frames, height, width), tiles = CASES[request.param]
+    directory = str(tmp_path_factory.mktemp(request.param))
+    model = _reference(kwargs, tiles, directory)
+    config = vae_config_from_diffusers(json.load(open(os.path.join(directory, "config.json"))),
+                                       tile_frames=tiles[0], tile_overlap_frames=tiles[2],
+                                       tile_overlap=tiles[3:])
+    vae = vv.VideoVAE(config)
+    params = convert_vae(directory, config)
+    generator = torch.Generator().manual_seed(1)
+    video = 2 * torch.rand((1, 3, frames, height, width), generator=generator) - 1
+    rt, rs = vv.temporal_compression(config), vv.spatial_compression(config)
+    latents = torch.randn((1, config.latent_channels, frames // rt, height // rs, width // rs),
+                          generator=generator)
+    return model, vae, params, video, latents
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
+def test_encode_matches_diffusers(case, tiled):
+    model, vae, params, video, _ = case
+    with torch.no_grad():
+        if tiled:
+            model.enable_tiling()
+            posterior = model.encode(video).latent_dist
+        else:
+            moments = _per_frame(model.quant_conv, model.encoder(video))
+            posterior = diffusers.models.autoencoders.vae.DiagonalGaussianDistribution(moments)
+    moments = jax.jit(functools.partial(vv.vae_moments, vae, tiled=tiled))(params, _to_jax(video))
+    for name, got, expected in zip(("mean", "logvar"), moments, (posterior.mean, posterior.logvar)):
+        error = np.abs(_to_torch_layout(got) - expected.numpy()).max()
+        print(f"encode {'tiled' if tiled else 'untiled'} {name}: max abs error {error:.2e}")
+        assert np.abs(expected.numpy()).max() > 0.1
+        assert error <= ATOL, name
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
+def test_decode_matches_diffusers(case, tiled):
+    model, vae, params, _, latents = case
+    with torch.no_grad():
+        if tiled:
+            model.enable_tiling()
+            expected = model.decode(latents).sample.permute(0, 2, 1, 3, 4).numpy()  # diffusers: (B, T, C, H, W)
+        else:
+            expected = model.decoder(_per_frame(model.post_quant_conv, latents)).numpy()
+    scaled = _to_jax(latents) * vae.config.scaling_factor
+    got = _to_torch_layout(jax.jit(functools.partial(vv.vae_decode, vae, tiled=tiled))(params, scaled))
+    error = np.abs(got - expected).max()
+    print(f"decode {'tiled' if tiled else 'untiled'}: max abs error {error:.2e}")
+    assert np.abs(expected).max() > 0.1
+    assert error <= ATOL
