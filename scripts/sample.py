@@ -1,8 +1,11 @@
-"""Sample videos from a trained system; several prompts are written as one grid.
+"""Sample videos from a trained system or converted official weights; several prompts make one grid.
 
   python scripts/sample.py --config configs/quickstart.py --checkpoint runs/quickstart \
       --prompt "a red 3 moving left" --prompt "a cyan 7 moving up" --out samples.mp4
+  python scripts/sample.py --config configs/allegro_88x720p.py --checkpoint allegro_88x720p \
+      --prompt "a seaside harbor at sunrise" --out a.mp4
 
+--checkpoint is a --workdir of scripts/train.py, or a folder written by scripts/convert_allegro.py.
 The extension of --out picks the format (.mp4 or .gif).
 """
 
@@ -14,15 +17,19 @@ from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
 from t2v_jax.config import validate
+from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.io.video import video_grid, write_video
+from t2v_jax.pipelines.allegro import AllegroPipeline
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The --workdir that scripts/train.py wrote.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A scripts/train.py --workdir or a scripts/convert_allegro.py "
+                                  "--out folder.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat the flag for a grid.")
 _OUT = flags.DEFINE_string("out", "samples.mp4", "Output video, .mp4 or .gif.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the initial noise.")
-_FPS = flags.DEFINE_integer("fps", 8, "Frames per second of the written video.")
+_FPS = flags.DEFINE_integer("fps", None, "Frames per second of the written video (default: config.sampling.fps, "
+                            "else 8).")
 flags.mark_flags_as_required(["config", "checkpoint", "prompt"])
 
 
@@ -32,11 +39,15 @@ def main(argv):
     if os.path.splitext(_OUT.value)[1].lower() not in (".mp4", ".gif"):
         raise app.UsageError(f"--out must end in .mp4 or .gif, got {_OUT.value!r}")
     config = validate(_CONFIG.value)
-    pipeline = TextToVideoPipeline.from_workdir(config, _CHECKPOINT.value)
+    if os.path.isfile(os.path.join(_CHECKPOINT.value, MANIFEST)):
+        pipeline = AllegroPipeline.from_converted(config, _CHECKPOINT.value)
+    else:
+        pipeline = TextToVideoPipeline.from_workdir(config, _CHECKPOINT.value)
     start = time.perf_counter()
     videos = pipeline.generate(_PROMPTS.value, seed=_SEED.value)
     seconds = time.perf_counter() - start
-    write_video(_OUT.value, video_grid(videos) if len(videos) > 1 else videos[0], fps=_FPS.value)
+    fps = _FPS.value or config.sampling.get("fps", 8)
+    write_video(_OUT.value, video_grid(videos) if len(videos) > 1 else videos[0], fps=fps)
     print(f"{len(videos)} video(s) of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} "
           f"in {seconds:.1f} s ({config.sampling.method}, {config.sampling.num_steps} steps, "
           f"guidance {config.sampling.guidance_scale}) -> {_OUT.value}")

@@ -66,23 +66,31 @@ class TextToVideoPipeline:
             free(params)
         return embeddings_bld, jnp.asarray(mask_bl)
 
-    def _sample_latents(self, dit_params, cond, uncond, rng, guidance_scale, eta, *, method, num_steps):
-        noise_rng, sample_rng = jax.random.split(rng)
-        noise = jax.random.normal(noise_rng, (cond[0].shape[0], *self.latent_shape))
+    def _sample_latents(self, dit_params, cond, uncond, noise, rng, guidance_scale, eta, *, method, num_steps):
         return sample(
-            lambda x, t, c: self.model.denoise({"dit": dit_params}, x, t, c), self.model.schedule, noise, sample_rng,
+            lambda x, t, c: self.model.denoise({"dit": dit_params}, x, t, c), self.model.schedule, noise, rng,
             method=method, num_steps=num_steps, prediction_type=self.config.diffusion.prediction_type,
             cond=cond, uncond=uncond, guidance_scale=guidance_scale, eta=eta)
 
     def generate(self, prompts, *, seed: int = 0, num_steps=None, guidance_scale=None, method=None,
-                 eta=None, negative_prompt=None) -> np.ndarray:
-        """Returns uint8 videos (N, frames, H, W, 3), one per prompt."""
+                 eta=None, negative_prompt=None, initial_noise=None) -> np.ndarray:
+        """Returns uint8 videos (N, frames, H, W, 3), one per prompt.
+
+        `initial_noise` (N, *latent_shape), standard normal, replaces the seed's starting latents: the
+        way to reproduce another implementation's run from the same noise.
+        """
         sampling = self.config.sampling
         prompts = list(prompts)
         negative = sampling.negative_prompt if negative_prompt is None else negative_prompt
         cond, uncond = self._conditions(prompts, [negative] * len(prompts))
+        noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
+        if initial_noise is None:
+            initial_noise = jax.random.normal(noise_rng, (len(prompts), *self.latent_shape))
+        elif tuple(initial_noise.shape) != (len(prompts), *self.latent_shape):
+            raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected "
+                             f"{(len(prompts), *self.latent_shape)} (prompts, *latent_shape)")
         latents = self._sample(
-            self.dit_params, cond, uncond, jax.random.PRNGKey(seed),
+            self.dit_params, cond, uncond, jnp.asarray(initial_noise, jnp.float32), sample_rng,
             jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
             jnp.float32(sampling.eta if eta is None else eta),
             method=method or sampling.method, num_steps=num_steps or sampling.num_steps)
