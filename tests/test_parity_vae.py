@@ -16,7 +16,8 @@ diffusers = pytest.importorskip("diffusers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from t2v_jax.convert.allegro_vae import convert_vae, vae_config_from_diffusers  # noqa: E402
+from t2v_jax.convert.allegro_vae import (convert_vae, vae_config_from_diffusers, vae_mapping,  # noqa: E402
+                                         vae_param_shapes)
 from t2v_jax.convert.safetensors_io import ConversionError  # noqa: E402
 from t2v_jax.models import video_vae as vv  # noqa: E402
 
@@ -25,13 +26,14 @@ pytestmark = pytest.mark.ref
 ATOL = 1e-4
 
 # (diffusers kwargs, video (T, H, W), tiles (frames, size, overlap_frames, overlap_h, overlap_w)): each
-# video splits into tiles on every axis, with diffusers' strides landing exactly on its end.
+# video splits into tiles on every axis (checked in `case`). "two_blocks_x2" doubles time in the
+# decoder's last block, which is not the mirror of its encoder (the decoder reads its own flags).
 CASES = {
-    "two_blocks_x2": (dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                           temporal_downsample_blocks=(True, False), temporal_upsample_blocks=(False, True),
-                           temporal_compression_ratio=2),
+    "two_blocks_x2": (dict(block_out_channels=(8, 16), layers_per_block=2, norm_num_groups=4,
+                           latent_channels=6, temporal_downsample_blocks=(True, False),
+                           temporal_upsample_blocks=(False, True), temporal_compression_ratio=2),
                       (8, 16, 20), (4, 8, 2, 4, 2)),
-    "three_blocks_x4": (dict(block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=8,
+    "three_blocks_x4": (dict(block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8,
                              temporal_downsample_blocks=(True, True, False),
                              temporal_upsample_blocks=(False, True, True), temporal_compression_ratio=4),
                         (16, 24, 32), (8, 16, 4, 8, 8)),
@@ -88,21 +90,25 @@ def case(request, tmp_path_factory):
     config = vae_config_from_diffusers(json.load(open(os.path.join(directory, "config.json"))),
                                        tile_frames=tiles[0], tile_overlap_frames=tiles[2],
                                        tile_overlap=tiles[3:])
+    for size, tile, stride in zip((frames, height, width), model.kernel, model.stride):
+        assert size > tile and (size - tile) % stride == 0  # several tiles, ending on the video's end
     vae = vv.VideoVAE(config)
     params = convert_vae(directory, config)
     generator = torch.Generator().manual_seed(1)
-    video = 2 * torch.rand((1, 3, frames, height, width), generator=generator) - 1
+    video = 2 * torch.rand((2, 3, frames, height, width), generator=generator) - 1
     rt, rs = vv.temporal_compression(config), vv.spatial_compression(config)
-    latents = torch.randn((1, config.latent_channels, frames // rt, height // rs, width // rs),
+    latents = torch.randn((2, config.latent_channels, frames // rt, height // rs, width // rs),
                           generator=generator)
     return model, vae, params, video, latents
 
 
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
 def test_encode_matches_diffusers(case, tiled):
+    """Untiled on a batch of two; tiled on one video, the only batch size diffusers' tiling takes."""
     model, vae, params, video, _ = case
     with torch.no_grad():
         if tiled:
+            video = video[:1]
             model.enable_tiling()
             posterior = model.encode(video).latent_dist
         else:
@@ -121,6 +127,7 @@ def test_decode_matches_diffusers(case, tiled):
     model, vae, params, _, latents = case
     with torch.no_grad():
         if tiled:
+            latents = latents[:1]
             model.enable_tiling()
             expected = model.decode(latents).sample.permute(0, 2, 1, 3, 4).numpy()  # diffusers: (B, T, C, H, W)
         else:
@@ -131,3 +138,60 @@ def test_decode_matches_diffusers(case, tiled):
     print(f"decode {'tiled' if tiled else 'untiled'}: max abs error {error:.2e}")
     assert np.abs(expected).max() > 0.1
     assert error <= ATOL
+
+
+def test_converter_names_missing_and_mismatched_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    kwargs, _, tiles = CASES["two_blocks_x2"]
+    _reference(kwargs, tiles, str(tmp_path))
+    config = vae_config_from_diffusers(json.load(open(tmp_path / "config.json")), tile_frames=4,
+                                       tile_overlap_frames=2, tile_overlap=(4, 2))
+    weights_file = os.path.join(tmp_path, "diffusion_pytorch_model.safetensors")
+    tensors = load_file(weights_file)
+    to_k = tensors.pop("encoder.mid_block.attentions.0.to_k.weight")
+    tensors["decoder.up_blocks.1.temp_conv_up.conv2.3.weight"] = torch.zeros(8, 8, 3, 1, 1)
+    tensors["decoder.conv_out.bias"] = torch.zeros(5)
+    save_file(tensors, weights_file)
+    with pytest.raises(ConversionError, match=r"missing .*encoder\.mid_block\.attentions\.0\.to_k\.weight"):
+        convert_vae(str(tmp_path), config)
+    tensors["encoder.mid_block.attentions.0.to_k.weight"] = to_k
+    save_file(tensors, weights_file)
+    with pytest.raises(ConversionError) as error:
+        convert_vae(str(tmp_path), config)
+    assert r"decoder.up_blocks.1.temp_conv_up.conv2.3.weight (8, 8, 3, 1, 1)" in str(error.value)
+    assert r"decoder.conv_out.bias (5,)" in str(error.value)
+
+
+def _allegro_on_meta():
+    """The released architecture, built on torch's meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        return diffusers.AutoencoderKLAllegro()
+
+
+def test_full_size_mapping_covers_allegro_exactly():
+    """Every tensor of the released VAE has exactly one place in VideoVAE(allegro_config()), with the
+    shape the transform gives it; its config converts to `allegro_config()`."""
+    model = _allegro_on_meta()
+    config = vae_config_from_diffusers(dict(model.config))
+    assert config.to_dict() == vv.allegro_config().to_dict()
+    mapping, shapes = vae_mapping(config), vae_param_shapes(config)
+    assert set(mapping) == set(shapes)
+    state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert sorted(source.name for source in mapping.values()) == sorted(state)
+    for path, source in mapping.items():
+        converted = source.transform(np.broadcast_to(np.float32(0), state[source.name]))
+        assert converted.shape == tuple(shapes[path]), path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temporal_compression_ratio", 2, "temporal_compression_ratio"),
+    ("act_fn", "relu", "act_fn"),
+    ("temporal_upsample_blocks", (False, True, False, False), "temporal_upsample"),
+    ("down_block_types", ("AllegroDownBlock3D",) * 3, "down_block_types"),
+])
+def test_config_from_diffusers_rejects_what_it_cannot_run(field, value, message):
+    config_json = dict(_allegro_on_meta().config)
+    config_json[field] = value
+    with pytest.raises(ValueError, match=message):
+        vae_config_from_diffusers(config_json)
