@@ -93,7 +93,7 @@ def case(request, tmp_path_factory):
     for size, tile, stride in zip((frames, height, width), model.kernel, model.stride):
         assert size > tile and (size - tile) % stride == 0  # several tiles, ending on the video's end
     vae = vv.VideoVAE(config)
-    params = convert_vae(directory, config)
+    params = {"params": convert_vae(directory, config)}
     generator = torch.Generator().manual_seed(1)
     video = 2 * torch.rand((2, 3, frames, height, width), generator=generator) - 1
     rt, rs = vv.temporal_compression(config), vv.spatial_compression(config)

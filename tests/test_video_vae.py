@@ -254,5 +254,18 @@ def test_check_frames_and_config_errors():
     bad.tile_overlap_frames = 16
     with pytest.raises(ValueError, match="tile_overlap_frames"):
         vv.validate_config(bad)
+    bad = vv.default_config()
+    bad.temporal_upsample = (False, False, False)
+    with pytest.raises(ValueError, match="temporal_upsample"):
+        vv.validate_config(bad)
     with pytest.raises(ValueError, match="temporal_downsample"):
         vv.vae_encode(vv.VideoVAE(vv.default_config()), {}, jnp.zeros((1, 5, 32, 32, 3)))
+
+
+def test_temporal_upsample_defaults_to_the_mirrored_encoder():
+    """Up block i undoes encoder block n-2-i; Allegro's explicit flags are exactly that mirror."""
+    assert vv.temporal_upsample(vv.default_config()) == (False, True, False)
+    allegro = vv.allegro_config()
+    mirrored = allegro.copy_and_resolve_references()
+    mirrored.temporal_upsample = None
+    assert vv.temporal_upsample(mirrored) == tuple(allegro.temporal_upsample) == (False, True, True, False)

@@ -154,8 +154,7 @@ def vae_param_shapes(config) -> dict:
 
 
 def convert_vae(diffusers_vae_dir: str, config, dtype=np.float32, *, progress=None) -> dict:
-    """Reads `diffusers_vae_dir` (the pipeline's `vae/` folder or one .safetensors file) into
-    `{"params": ...}` for `VideoVAE(config).apply`, raising ConversionError on any mismatch."""
-    params = convert(SafetensorsCheckpoint(diffusers_vae_dir), vae_mapping(config), vae_param_shapes(config),
-                     dtype=dtype, progress=progress)
-    return {"params": params}
+    """Reads `diffusers_vae_dir` (the pipeline's `vae/` folder or one .safetensors file) into the
+    VideoVAE params tree (use as `{"params": tree}`), raising ConversionError on any mismatch."""
+    return convert(SafetensorsCheckpoint(diffusers_vae_dir), vae_mapping(config), vae_param_shapes(config),
+                   dtype=dtype, progress=progress)
