@@ -140,6 +140,28 @@ def test_decode_matches_diffusers(case, tiled):
     assert error <= ATOL
 
 
+@pytest.mark.parametrize("frames, height, width", [(88, 720, 1280), (40, 720, 1280)])
+def test_blend_weights_are_diffusers_at_allegro_sizes(frames, height, width):
+    """Per axis, tile for tile, the weights `tiled_apply` uses equal what diffusers' `_prepare_for_blend`
+    multiplies into each tile, in latent cells (encode) and in pixels (decode), at Allegro's tiles."""
+    from diffusers.models.autoencoders.autoencoder_kl_allegro import _prepare_for_blend
+
+    config = vv.allegro_config()
+    tile, overlap, unit = vv._grid_tiles(config)
+    for axis, size in enumerate((frames // unit[0], height // unit[1], width // unit[2])):
+        starts = vv.tile_starts(size, tile[axis], overlap[axis])
+        assert (size - tile[axis]) % (tile[axis] - overlap[axis]) == 0  # diffusers' tiles reach the end
+        for scale in (1, unit[axis]):  # encode blends latent cells, decode pixels
+            ours = vv._blend_weights([start * scale for start in starts], tile[axis] * scale)
+            for i in range(len(starts)):
+                params = [(0, 1, overlap[a] * scale) for a in range(3)]
+                params[axis] = (i, len(starts), overlap[axis] * scale)
+                shape = [1, 1, 1, 1, 1]
+                shape[2 + axis] = tile[axis] * scale
+                expected = _prepare_for_blend(*params, torch.ones(shape)).flatten().numpy()
+                np.testing.assert_allclose(ours[i], expected, atol=1e-6)
+
+
 def test_converter_names_missing_and_mismatched_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
 

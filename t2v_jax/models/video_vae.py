@@ -19,12 +19,14 @@ as the identity; untiled encode/decode exist (diffusers raises NotImplementedErr
 
 Tiling follows diffusers' `tiled_encode` / `tiled_decode`: tiles start every `tile - overlap`, each
 tile's output is multiplied by linear ramps over its overlaps (`_prepare_for_blend`) and summed; the
-encoder's features are blended before `quant_conv`, and `post_quant_conv` runs before the decoder
-tiles. Where diffusers' tiles cover the video exactly (Allegro: 88 x 720 x 1280) the numbers are
-the same. Elsewhere diffusers leaves the uncovered tail at zero (or makes no tile at all for a video
-shorter than one tile); here a last tile is aligned to the end, or the tile shrinks to the video,
-and the weights are renormalised to sum to one. GroupNorm statistics span a whole frame (2D parts) or
-a whole tile in time (temporal blocks), so a tiled result differs from the untiled one, as in diffusers.
+encoder's outputs are blended before `quant_conv`, and `post_quant_conv` runs before the decoder
+tiles. Where diffusers' tiles cover the video exactly with overlaps of at most half a tile (Allegro's
+24/8-frame, 320/120/80-px tiles on 88 x 720 x 1280 and 40 x 720 x 1280) the numbers are the same.
+Elsewhere diffusers' output is broken and this one is not: diffusers leaves an uncovered tail at zero
+(368 x 640: the last 48 rows and 80 columns) or makes no tile at all for a video smaller than one;
+here a last tile is aligned to the end, or the tile shrinks to the video, and the blend weights are
+renormalised to sum to one. GroupNorm statistics span a whole frame (2D parts) or a whole tile in time
+(temporal blocks), so a tiled result differs from the untiled one, as in diffusers.
 """
 
 import itertools
@@ -451,8 +453,9 @@ def _blend_weights(starts, tile):
     """Per-tile 1D weights (n, tile): diffusers' `_prepare_for_blend` ramps (0, 1/ov, ...) up over the
     overlap with the previous tile and (1, 1 - 1/ov, ...) down over the next, normalised to sum to one.
 
-    Where neighbours overlap by at most half a tile, as diffusers' tiles do, the ramps already sum to
-    one and the normalisation changes nothing; it matters only next to an end-aligned last tile."""
+    Where neighbours overlap by at most half a tile the ramps already sum to one and the normalisation
+    changes nothing (diffusers' numbers); it matters next to an end-aligned last tile and for wider
+    overlaps, where diffusers' ramps overlap inside a tile and do not sum to one."""
     weights = np.ones((len(starts), tile), np.float64)
     for i, start in enumerate(starts):
         if i > 0:
