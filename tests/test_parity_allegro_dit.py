@@ -14,8 +14,10 @@ diffusers = pytest.importorskip("diffusers")
 import jax.numpy as jnp  # noqa: E402
 from diffusers.pipelines.allegro.pipeline_allegro import AllegroPipeline  # noqa: E402
 
-from t2v_jax.convert.allegro_transformer import convert_dit, dit_config_from_diffusers  # noqa: E402
-from t2v_jax.convert.safetensors_io import ConversionError  # noqa: E402
+from t2v_jax.convert.allegro_transformer import (convert_dit, dit_config_from_diffusers, dit_mapping,  # noqa: E402
+                                                 dit_param_shapes)
+from t2v_jax.convert.safetensors_io import ConversionError, check_mapping  # noqa: E402
+from t2v_jax.models import video_dit  # noqa: E402
 from t2v_jax.models.video_dit import VideoDiT  # noqa: E402
 
 pytestmark = pytest.mark.ref
@@ -95,3 +97,18 @@ def test_converter_names_missing_and_mismatched_tensors(tmp_path):
     save_file(tensors, weights_file)
     with pytest.raises(ConversionError, match=r"proj_out\.bias \(3,\)"):
         convert_dit(str(tmp_path), config)
+
+
+def test_full_size_mapping_covers_the_released_transformer():
+    """The released 2.8B transformer (built on torch's meta device: shapes only) maps tensor for
+    tensor onto VideoDiT, and its config converts to `allegro_config("88x720p")`."""
+    with torch.device("meta"):
+        model = diffusers.AllegroTransformer3DModel()
+    config = dit_config_from_diffusers(dict(model.config))
+    expected = video_dit.allegro_config("88x720p")
+    for field in ("num_layers", "width", "num_heads", "in_channels", "out_channels", "patch_thw",
+                  "caption_channels", "rope_interpolation_scale"):
+        assert tuple(np.atleast_1d(config[field])) == tuple(np.atleast_1d(expected[field])), field
+    state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    check_mapping(state, dit_mapping(config), dit_param_shapes(config))
+    assert sum(int(np.prod(shape)) for shape in state.values()) > 2.7e9

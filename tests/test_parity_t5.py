@@ -194,3 +194,22 @@ def test_tokenizer_matches_transformers(tokenizer_dirs, folder):
     for message, (i, cut) in zip(messages, cuts):
         assert message.startswith(f"prompt {i} has {max_length + cut} tokens")
         assert f"its last {cut} tokens are cut" in message
+
+
+def test_full_size_mapping_covers_t5_v1_1_xxl():
+    """Allegro's text encoder (T5 v1.1 XXL, built on torch's meta device: shapes only) maps tensor
+    for tensor onto T5Encoder(t5_v1_1_xxl_config())."""
+    from t2v_jax.convert.safetensors_io import check_mapping
+    from t2v_jax.convert.t5 import t5_mapping, t5_param_shapes
+    from t2v_jax.models.text_encoder import t5_v1_1_xxl_config
+
+    hf_config = transformers.T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                      num_heads=64, feed_forward_proj="gated-gelu")
+    with torch.device("meta"):
+        model = transformers.T5EncoderModel(hf_config)
+    config = t5_config_from_hf(hf_config.to_dict())
+    assert config.to_dict() == t5_v1_1_xxl_config().to_dict()
+    state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    check_mapping(state, t5_mapping(config), t5_param_shapes(config),
+                  ignore_unused=lambda name: name == "encoder.embed_tokens.weight")
+    assert sum(int(np.prod(shape)) for name, shape in state.items() if name != "encoder.embed_tokens.weight") > 4.7e9

@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from t2v_jax.convert.allegro_vae import (convert_vae, vae_config_from_diffusers, vae_mapping,  # noqa: E402
                                          vae_param_shapes)
-from t2v_jax.convert.safetensors_io import ConversionError  # noqa: E402
+from t2v_jax.convert.safetensors_io import ConversionError, check_mapping  # noqa: E402
 from t2v_jax.models import video_vae as vv  # noqa: E402
 
 pytestmark = pytest.mark.ref
@@ -197,13 +197,8 @@ def test_full_size_mapping_covers_allegro_exactly():
     model = _allegro_on_meta()
     config = vae_config_from_diffusers(dict(model.config))
     assert config.to_dict() == vv.allegro_config().to_dict()
-    mapping, shapes = vae_mapping(config), vae_param_shapes(config)
-    assert set(mapping) == set(shapes)
     state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    assert sorted(source.name for source in mapping.values()) == sorted(state)
-    for path, source in mapping.items():
-        converted = source.transform(np.broadcast_to(np.float32(0), state[source.name]))
-        assert converted.shape == tuple(shapes[path]), path
+    check_mapping(state, vae_mapping(config), vae_param_shapes(config))
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -10,8 +10,9 @@ No torch is needed: the format is an 8-byte header length, a JSON header of
 {name: {dtype, shape, data_offsets}}, then raw little-endian data.
 
 A converter is a mapping {target path "a/b/c": Tensor | Stacked} plus the target shapes from
-`jax.eval_shape` of the model's init. `convert` checks it whole before returning: checkpoint tensors
-that are missing, left unused, or of the wrong shape are all named in one `ConversionError`.
+`jax.eval_shape` of the model's init. `convert` checks it whole before reading any tensor data:
+checkpoint tensors that are missing, left unused, or of the wrong shape are all named in one
+`ConversionError`.
 """
 
 import dataclasses
@@ -144,14 +145,18 @@ def _source_names(source) -> list[str]:
     return [part.name for part in source.parts] if isinstance(source, Stacked) else [source.name]
 
 
-def convert(checkpoint: SafetensorsCheckpoint, mapping: dict, target_shapes: dict, *, dtype=np.float32,
-            ignore_unused: Callable[[str], bool] = lambda name: False, progress=None) -> dict:
-    """Fills a params tree {path: np.ndarray of `dtype`} from `checkpoint` through `mapping`.
+def _converted_shape(part: Tensor, source_shape) -> tuple[int, ...]:
+    """The shape `part.transform` gives a tensor of `source_shape`, computed on a zero-stride view
+    (no memory for the tensor itself)."""
+    return tuple(part.transform(np.broadcast_to(np.float32(0), source_shape)).shape)
 
-    `target_shapes` is {path: shape} (or anything with `.shape`) for every parameter of the model;
-    `ignore_unused(name)` marks checkpoint tensors that may stay unused (buffers the model computes
-    itself). Raises `ConversionError` naming every problem found, after checking all tensors.
-    """
+
+def check_mapping(source_shapes: dict, mapping: dict, target_shapes: dict, *, source: str = "the checkpoint",
+                  ignore_unused: Callable[[str], bool] = lambda name: False) -> None:
+    """Raises `ConversionError` naming every problem of `mapping` between checkpoint tensors
+    {name: shape} and model parameters {path: shape}, before any tensor is read: parameters without
+    a source, sources the checkpoint lacks, checkpoint tensors left unused (unless `ignore_unused`
+    says they may be), and tensors that convert to the wrong shape."""
     target_shapes = {path: tuple(getattr(s, "shape", s)) for path, s in target_shapes.items()}
     problems = []
     unmapped = sorted(set(target_shapes) - set(mapping))
@@ -160,36 +165,54 @@ def convert(checkpoint: SafetensorsCheckpoint, mapping: dict, target_shapes: dic
     unknown = sorted(set(mapping) - set(target_shapes))
     if unknown:
         problems.append(f"converter targets that the model does not have: {unknown}")
-    used = {name for source in mapping.values() for name in _source_names(source)}
-    missing = sorted(name for name in used if name not in checkpoint)
+    used = {name for src in mapping.values() for name in _source_names(src)}
+    missing = sorted(name for name in used if name not in source_shapes)
     if missing:
-        problems.append(f"tensors missing from {checkpoint.path}: {missing}")
-    unused = sorted(name for name in checkpoint.keys() if name not in used and not ignore_unused(name))
+        problems.append(f"tensors missing from {source}: {missing}")
+    unused = sorted(name for name in source_shapes if name not in used and not ignore_unused(name))
     if unused:
-        problems.append(f"tensors in {checkpoint.path} that the model has no place for: {unused}")
+        problems.append(f"tensors in {source} that the model has no place for: {unused}")
+    mismatched = []
+    for path in sorted(set(mapping) & set(target_shapes)):
+        src, shape = mapping[path], target_shapes[path]
+        parts = src.parts if isinstance(src, Stacked) else (src,)
+        if isinstance(src, Stacked) and len(parts) != shape[0]:
+            mismatched.append(f"{path} stacks {shape[0]} layers but the converter names {len(parts)}")
+        part_shape = shape[1:] if isinstance(src, Stacked) else shape
+        for part in parts:
+            if part.name not in source_shapes:
+                continue
+            converted = _converted_shape(part, source_shapes[part.name])
+            if converted != tuple(part_shape):
+                mismatched.append(f"{part.name} {tuple(source_shapes[part.name])} -> {path} expects "
+                                  f"{tuple(part_shape)} but converts to {converted}")
+    if mismatched:
+        problems.append("tensors of the wrong shape: " + "; ".join(mismatched))
     if problems:
         raise ConversionError("; ".join(problems))
 
+
+def convert(checkpoint: SafetensorsCheckpoint, mapping: dict, target_shapes: dict, *, dtype=np.float32,
+            ignore_unused: Callable[[str], bool] = lambda name: False, progress=None) -> dict:
+    """Fills a params tree {path: np.ndarray of `dtype`} from `checkpoint` through `mapping`.
+
+    `target_shapes` is {path: shape} (or anything with `.shape`) for every parameter of the model;
+    `ignore_unused(name)` marks checkpoint tensors that may stay unused (buffers the model computes
+    itself). The whole mapping is checked (`check_mapping`) before the first tensor is read.
+    """
+    check_mapping({name: checkpoint.shape(name) for name in checkpoint.keys()}, mapping, target_shapes,
+                  source=checkpoint.path, ignore_unused=ignore_unused)
     out = {}
-    mismatched = []
     for path in sorted(mapping):
-        source, shape = mapping[path], target_shapes[path]
-        parts = source.parts if isinstance(source, Stacked) else (source,)
-        part_shape = shape[1:] if isinstance(source, Stacked) else shape
+        source = mapping[path]
+        shape = tuple(getattr(target_shapes[path], "shape", target_shapes[path]))
         array = np.empty(shape, dtype)
-        for index, part in enumerate(parts):
-            value = part.transform(checkpoint.read(part.name))
-            if tuple(value.shape) != tuple(part_shape):
-                mismatched.append(f"{part.name} {checkpoint.shape(part.name)} -> {path} expects "
-                                  f"{tuple(part_shape)} but converts to {tuple(value.shape)}")
-                continue
-            if isinstance(source, Stacked):
-                array[index] = value
-            else:
-                array[...] = value
+        if isinstance(source, Stacked):
+            for index, part in enumerate(source.parts):
+                array[index] = part.transform(checkpoint.read(part.name))
+        else:
+            array[...] = source.transform(checkpoint.read(source.name))
         out[path] = array
         if progress is not None:
             progress(path)
-    if mismatched:
-        raise ConversionError("tensors of the wrong shape: " + "; ".join(mismatched))
     return unflatten_tree(out)
