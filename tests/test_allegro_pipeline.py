@@ -181,3 +181,18 @@ def test_convert_script_names_a_missing_tensor_and_writes_nothing(converted, tmp
     assert result.returncode == 1
     assert "encoder.block.1.layer.1.DenseReluDense.wo.weight" in result.stderr
     assert not (out / "t2v_jax.json").exists()
+
+
+def test_bfloat16_conversion_rounds_the_float32_weights(converted, tmp_path):
+    import ml_dtypes
+
+    from t2v_jax.convert.allegro import convert_allegro
+    from t2v_jax.train.checkpoint import load_params
+
+    _, diffusers_dir, out_dir = converted
+    convert_allegro(diffusers_dir, str(tmp_path), components=("transformer",), show_progress=False)
+    as_bf16 = load_params(os.path.join(tmp_path, "transformer"))
+    as_f32 = load_params(os.path.join(out_dir, "transformer"))
+    kernel_bf16 = as_bf16["blocks"]["attn1"]["query"]["kernel"]
+    assert kernel_bf16.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(kernel_bf16, as_f32["blocks"]["attn1"]["query"]["kernel"].astype(ml_dtypes.bfloat16))
