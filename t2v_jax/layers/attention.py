@@ -10,6 +10,9 @@ module) and the config names the kernel. Kernels:
   Pure JAX, so it runs on CPU and scales to very long token sequences.
 - ``splash``: the Pallas TPU splash-attention kernel, TPU only, no additive bias.
 
+Under the ``context`` sharding preset, self-attention over video tokens (``sequence_parallel=True``)
+runs as ring attention over the ``context`` mesh axis instead, whatever the kernel setting.
+
 A kernel that the current backend cannot run raises a ValueError naming it and the backend;
 nothing silently falls back. ``"auto"`` picks the best one available.
 
@@ -92,8 +95,14 @@ def _as_4d(bias):
 
 
 def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal: bool = False,
-              implementation: str = "xla", chunk_size: int = 512, scale: float | None = None):
-    """Scaled dot-product attention softmax(scale q k^T + bias) v over heads; see module doc."""
+              implementation: str = "xla", chunk_size: int = 512, scale: float | None = None,
+              sequence_parallel: bool = False):
+    """Scaled dot-product attention softmax(scale q k^T + bias) v over heads; see module doc.
+
+    `sequence_parallel=True` says q, k and v are one token sequence split like the model's
+    "length" activations (self-attention over video tokens): under a mesh whose rules split
+    "length" over the `context` axis, it runs as ring attention across that axis.
+    """
     batch, num_queries, num_heads, head_dim = q_blhd.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     num_keys = k_bshd.shape[1]
@@ -107,6 +116,11 @@ def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal
     if bias_bhls is not None:
         bias_bhls = _as_4d(jnp.asarray(bias_bhls))
     name = resolve_implementation(implementation, dtype=q_blhd.dtype, has_bias=bias_bhls is not None)
+    layout = None
+    if sequence_parallel and not causal and bias_bhls is None and num_queries == num_keys:
+        layout = _context_parallel_layout(num_queries)
+    if layout is not None:
+        return _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout)
     if name == "chunked":
         return _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size, scale)
     if name == "splash":
@@ -185,6 +199,53 @@ def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, scale, *, interpret: boo
     return jnp.transpose(out_bhld, (0, 2, 1, 3))[:, :num_queries].astype(q_blhd.dtype)
 
 
+def _context_parallel_layout(num_tokens: int):
+    """(mesh, spec_blhd, axis names) when the active mesh and logical rules split the token axis
+    ("length") over mesh axes of total size > 1 that divide `num_tokens`; else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    spec_blhd = nn.logical_to_mesh_axes(("batch", "length", "heads", None))
+    length_axes = spec_blhd[1]
+    if length_axes is None:
+        return None
+    names = (length_axes,) if isinstance(length_axes, str) else tuple(length_axes)
+    size = math.prod(mesh.shape[name] for name in names)
+    if size == 1 or num_tokens % size:
+        return None
+    return mesh, spec_blhd, names
+
+
+def _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout):
+    """Sequence-parallel self-attention (ring attention, Liu et al. 2023): every device keeps its
+    slice of the queries and passes its key/value slice around the ring of the context axes, folding
+    each one in with the online softmax, so no device ever holds the whole sequence's keys, values
+    or an L x S score matrix. Autodiff runs the ring backwards (ppermute's transpose); each ring
+    step is rematerialised so the backward pass keeps only the passed slices."""
+    mesh, spec_blhd, names = layout
+    ring_size = math.prod(mesh.shape[name] for name in names)
+    perm = [(i, (i + 1) % ring_size) for i in range(ring_size)]
+    batch, num_keys = k_bshd.shape[:2]
+    if kv_mask_bs is None:
+        kv_mask_bs = jnp.ones((batch, num_keys), bool)
+    spec_bs = jax.sharding.PartitionSpec(spec_blhd[0], spec_blhd[1])
+
+    def local(q_blhd, k_bshd, v_bshd, mask_bs):
+        @jax.checkpoint
+        def step(carry, _):
+            stats, k_bshd, v_bshd, mask_bs = carry
+            stats = _online_softmax_step(q_blhd, stats, k_bshd, v_bshd, mask_bs, None, 0, False, scale)
+            passed = [jax.lax.ppermute(x, names, perm) for x in (k_bshd, v_bshd, mask_bs)]
+            return (stats, *passed), None
+
+        (stats, *_), _ = jax.lax.scan(step, (_online_softmax_init(q_blhd), k_bshd, v_bshd, mask_bs),
+                                      length=ring_size)
+        return _online_softmax_finish(stats, q_blhd.dtype)[0]
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec_blhd, spec_blhd, spec_blhd, spec_bs),
+                         out_specs=spec_blhd)(q_blhd, k_bshd, v_bshd, kv_mask_bs)
+
+
 def _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size, scale):
     """Pads keys to a multiple of the chunk (padding masked) and runs the streaming kernel.
 
@@ -244,34 +305,47 @@ def _streaming_attention(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chu
     return _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale)[0]
 
 
-def _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
-    """Online softmax over key chunks (FlashAttention's recurrence); also returns the
-    log-sum-exp per row, which is all the backward pass needs to rebuild probabilities."""
-    batch, num_queries, num_heads, head_dim = q_blhd.shape
+def _online_softmax_step(q_blhd, carry, k_bchd, v_bchd, mask_bc, bias_bhlc, offset, causal, scale):
+    """FlashAttention's recurrence: folds one key chunk into the running (max, denominator,
+    accumulator) of every query row; shared by the chunked and the context-parallel kernels."""
+    max_bhl, denom_bhl, acc_bhld = carry
+    logits = _chunk_logits(q_blhd, k_bchd, mask_bc, bias_bhlc, offset, causal, scale)
+    new_max = jnp.maximum(max_bhl, logits.max(axis=-1))
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    probs = jnp.exp(logits - safe_max[..., None])
+    correction = jnp.exp(max_bhl - safe_max)
+    denom_bhl = denom_bhl * correction + probs.sum(axis=-1)
+    acc_bhld = acc_bhld * correction[..., None] + jnp.einsum(
+        "bhlc,bchd->bhld", probs.astype(v_bchd.dtype), v_bchd, preferred_element_type=jnp.float32)
+    return new_max, denom_bhl, acc_bhld
 
-    def step(carry, chunk_inputs):
-        max_bhl, denom_bhl, acc_bhld = carry
-        k_bchd, v_bchd, mask_bc, bias_bhlc, offset = chunk_inputs
-        logits = _chunk_logits(q_blhd, k_bchd, mask_bc, bias_bhlc, offset, causal, scale)
-        new_max = jnp.maximum(max_bhl, logits.max(axis=-1))
-        safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-        probs = jnp.exp(logits - safe_max[..., None])
-        correction = jnp.exp(max_bhl - safe_max)
-        denom_bhl = denom_bhl * correction + probs.sum(axis=-1)
-        acc_bhld = acc_bhld * correction[..., None] + jnp.einsum(
-            "bhlc,bchd->bhld", probs.astype(v_bchd.dtype), v_bchd, preferred_element_type=jnp.float32)
-        return (new_max, denom_bhl, acc_bhld), None
 
-    stats_shape = (batch, num_heads, num_queries)
-    init = (jnp.full(stats_shape, -jnp.inf, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
-            jnp.zeros(stats_shape + (head_dim,), jnp.float32))
-    (max_bhl, denom_bhl, acc_bhld), _ = jax.lax.scan(
-        step, init, _chunk_inputs(k_bshd, v_bshd, mask_bs, bias_bhls, chunk))
+def _online_softmax_init(q_blhd):
+    """Empty (max, denominator, accumulator); built from q so that inside `shard_map` they vary
+    over the same mesh axes as q, as `lax.scan` needs of a carry."""
+    acc_bhld = jnp.zeros_like(jnp.transpose(q_blhd, (0, 2, 1, 3)), jnp.float32)
+    return jnp.full_like(acc_bhld[..., 0], -jnp.inf), jnp.zeros_like(acc_bhld[..., 0]), acc_bhld
+
+
+def _online_softmax_finish(carry, dtype):
+    """(out_blhd, lse_bhl); rows without any key give zeros (and lse 0)."""
+    max_bhl, denom_bhl, acc_bhld = carry
     has_keys = denom_bhl > 0
     safe_denom = jnp.where(has_keys, denom_bhl, 1.0)
-    out_blhd = jnp.transpose(acc_bhld / safe_denom[..., None], (0, 2, 1, 3)).astype(q_blhd.dtype)
+    out_blhd = jnp.transpose(acc_bhld / safe_denom[..., None], (0, 2, 1, 3)).astype(dtype)
     lse_bhl = jnp.where(has_keys, max_bhl + jnp.log(safe_denom), 0.0)
     return out_blhd, lse_bhl
+
+
+def _streaming_forward(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
+    """Online softmax over key chunks; also returns the log-sum-exp per row, which is all the
+    backward pass needs to rebuild probabilities."""
+    def step(carry, chunk_inputs):
+        return _online_softmax_step(q_blhd, carry, *chunk_inputs, causal, scale), None
+
+    carry, _ = jax.lax.scan(step, _online_softmax_init(q_blhd),
+                            _chunk_inputs(k_bshd, v_bshd, mask_bs, bias_bhls, chunk))
+    return _online_softmax_finish(carry, q_blhd.dtype)
 
 
 def _streaming_fwd(q_blhd, k_bshd, v_bshd, mask_bs, bias_bhls, causal, chunk, scale):
@@ -361,7 +435,8 @@ class Attention(nn.Module):
             k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks)
         o_blhd = attention(q_blhd, k_bshd, v_bshd, kv_mask_bs=kv_mask_bs, bias_bhls=bias_bhls,
                            causal=self.causal, implementation=self.implementation,
-                           chunk_size=self.chunk_size, scale=self.scale)
+                           chunk_size=self.chunk_size, scale=self.scale,
+                           sequence_parallel=context_bsd is None)
         o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
         out_features = self.out_features or x_bld.shape[-1]
         return _dense("out", out_features, ("heads", "embed"), self.out_kernel_init, self)(o_bld)
