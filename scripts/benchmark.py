@@ -29,6 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
+from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.config import dit_token_grid, latent_shape, validate
 from t2v_jax.diffusion import samplers
 from t2v_jax.parallel import flops
@@ -210,6 +211,7 @@ def main(argv):
     if _VS_DIFFUSERS.value:
         # JAX and torch share the device in this mode: JAX must not grab 75% of it up front.
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    initialize_distributed(_CONFIG.value.get("distributed"))
     config = validate(_CONFIG.value)
     if _VS_DIFFUSERS.value:
         result = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind,

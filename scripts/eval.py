@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
+from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.data import bouncing_digits
 from t2v_jax.data.video_folder import read_captions
 from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
@@ -54,6 +55,7 @@ def _load_folder(folder, prompts_path):
 def main(argv):
     del argv
     quiet_library_logs()
+    initialize_distributed(_CONFIG.value.get("distributed") if _CONFIG.value else None)
     if sum([_GROUND_TRUTH.value, bool(_VIDEOS.value), bool(_CHECKPOINT.value)]) != 1:
         raise app.UsageError("pass exactly one of --videos, --ground_truth or --checkpoint (with --config)")
     if _CHECKPOINT.value:

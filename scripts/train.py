@@ -11,6 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
+from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.train.run import STAGES, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -22,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     quiet_library_logs()
+    initialize_distributed(_CONFIG.value.get("distributed"))
     summary = train(_CONFIG.value, _WORKDIR.value, stages=_STAGES.value)
     for stage, metrics in summary.items():
         print(f"[{stage}] step {metrics['step']}: loss {metrics['loss']:.4f} in {metrics['seconds']:.0f} s")

@@ -14,7 +14,7 @@ from t2v_jax.diffusion.samplers import SAMPLERS
 from t2v_jax.diffusion.schedules import PREDICTION_TYPES, SCHEDULE_KINDS
 from t2v_jax.layers.attention import IMPLEMENTATIONS, available_implementations
 from t2v_jax.models import video_vae
-from t2v_jax.parallel.mesh import resolve_mesh_shape
+from t2v_jax.parallel.mesh import MESH_AXES, resolve_dcn_shape, resolve_mesh_shape
 from t2v_jax.parallel.rules import PRESETS
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
@@ -124,21 +124,31 @@ def validate_diffusion(config):
 
 
 def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "train_dit")):
+    """Mesh against the device count, and the model and batch against the mesh, naming the numbers."""
     _one_of(config.mesh.preset, "mesh.preset", sorted(PRESETS))
     try:
-        sizes = dict(zip(("data", "fsdp", "context", "tensor"),
-                         resolve_mesh_shape(dict(config.mesh.shape), num_devices)))
+        dcn = resolve_dcn_shape(config.mesh.get("dcn_shape", None))
+        slices = math.prod(dcn)
+        if num_devices % slices:
+            raise ValueError(f"mesh.dcn_shape spans {slices} slices, which does not divide the "
+                             f"{num_devices} devices")
+        ici = resolve_mesh_shape(dict(config.mesh.shape), num_devices // slices)
     except ValueError as error:
         raise ConfigError(f"config.{error}") from None
+    sizes = {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}
     _require(config.dit.num_heads % sizes["tensor"] == 0, "dit.num_heads",
              f"{config.dit.num_heads} heads are not divisible by the tensor axis "
              f"(mesh.shape.tensor={sizes['tensor']})")
+    tokens = num_dit_tokens(config)
+    _require(tokens % sizes["context"] == 0, "mesh.shape.context",
+             f"the DiT's {tokens} video tokens (grid {dit_token_grid(config)}) do not split over a context "
+             f"axis of {sizes['context']}")
     data_parallel = sizes["data"] * sizes["fsdp"]
     for field in batch_fields:
         batch = config[field].batch_size
         _require(batch % data_parallel == 0, f"{field}.batch_size",
                  f"{batch} is not divisible by the data-parallel size {data_parallel} "
-                 f"(mesh data x fsdp)")
+                 f"(mesh data {sizes['data']} x fsdp {sizes['fsdp']})")
 
 
 def validate(config, num_devices: int | None = None):

@@ -1,9 +1,17 @@
-"""Device mesh from config: axes ('data', 'fsdp', 'context', 'tensor'), -1 fills the rest."""
+"""Device mesh from config: axes ('data', 'fsdp', 'context', 'tensor'), -1 fills the rest.
+
+`mesh.shape` is the layout inside one slice (ICI: the fast chip-to-chip links); for multi-slice
+TPU runs `mesh.dcn_shape` says how many slices each axis spans (DCN: the data-centre network
+between slices), so an axis's total size is shape x dcn_shape. Put `data` (or `fsdp`) across
+slices: their collectives are the least frequent. Axis types are explicit (`Auto`): logical
+sharding constraints guide the compiler rather than assert.
+"""
 
 import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
@@ -32,14 +40,37 @@ def resolve_mesh_shape(shape: dict, num_devices: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def make_mesh(shape: dict, devices=None) -> Mesh:
-    """Builds the 4-axis mesh; jax.make_mesh picks a topology-aware device order where it can.
+def resolve_dcn_shape(dcn_shape: dict | None) -> tuple[int, ...]:
+    """Slices per axis, 1 where unstated."""
+    dcn_shape = dict(dcn_shape or {})
+    unknown = set(dcn_shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh.dcn_shape has unknown axes {sorted(unknown)}; allowed: {MESH_AXES}")
+    sizes = tuple(int(dcn_shape.get(axis, 1)) for axis in MESH_AXES)
+    if any(size < 1 for size in sizes):
+        raise ValueError(f"mesh.dcn_shape: sizes must be positive, got {dict(zip(MESH_AXES, sizes))}")
+    return sizes
 
-    Axes are `Auto` so that logical sharding constraints guide the compiler rather than assert.
-    """
+
+def make_mesh(shape: dict, devices=None, *, dcn_shape: dict | None = None) -> Mesh:
+    """Builds the 4-axis mesh with a topology-aware device order: `jax.make_mesh` within a slice,
+    `create_hybrid_device_mesh` (ICI inside slices, DCN across them) when `dcn_shape` spans slices."""
     devices = jax.devices() if devices is None else list(devices)
-    sizes = resolve_mesh_shape(shape, len(devices))
+    dcn = resolve_dcn_shape(dcn_shape)
+    num_slices = math.prod(dcn)
+    if len(devices) % num_slices:
+        raise ValueError(f"mesh.dcn_shape {dict(zip(MESH_AXES, dcn))} spans {num_slices} slices, which "
+                         f"does not divide the {len(devices)} devices")
+    ici = resolve_mesh_shape(shape, len(devices) // num_slices)
     auto = (AxisType.Auto,) * len(MESH_AXES)
+    if num_slices > 1:
+        device_grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+        return Mesh(device_grid, MESH_AXES, axis_types=auto)
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(sizes, MESH_AXES, devices=devices, axis_types=auto)
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=auto)
+        return jax.make_mesh(ici, MESH_AXES, devices=devices, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(ici), MESH_AXES, axis_types=auto)
+
+
+def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
+    """The mesh a config's `mesh` section describes (`shape`, optional `dcn_shape`)."""
+    return make_mesh(dict(mesh_cfg.shape), devices, dcn_shape=dict(mesh_cfg.get("dcn_shape", None) or {}))

@@ -18,7 +18,7 @@ from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.models import text_encoder, video_dit, video_vae
 from t2v_jax.models.text_encoder import T5Tokenizer
 from t2v_jax.parallel import rules as sharding_rules
-from t2v_jax.parallel.mesh import make_mesh
+from t2v_jax.parallel.mesh import mesh_from_config
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 from t2v_jax.train.checkpoint import load_params
 from t2v_jax.train.stages import TextToVideoModel, VAEStage
@@ -129,7 +129,7 @@ class AllegroPipeline(TextToVideoPipeline):
         if missing:
             raise FileNotFoundError(f"{checkpoint_dir} lacks converted component(s) {missing}")
 
-        mesh = make_mesh(dict(config.mesh.shape))
+        mesh = mesh_from_config(config.mesh)
         rules = sharding_rules.logical_rules(config.mesh.preset)
         model = TextToVideoModel(config)
         latents = latent_shape(config)
