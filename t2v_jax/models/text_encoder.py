@@ -323,5 +323,7 @@ class T5Encoder(nn.Module):
         for i in range(cfg.num_layers):
             x_bld, bias_bhll = T5Block(cfg, has_relative_attention_bias=i == 0, name=f"block_{i}")(
                 x_bld, mask_bl, bias_bhll, deterministic)
+            # Captions split over the batch axes; "text_length" stays whole under every preset.
+            x_bld = nn.with_logical_constraint(x_bld, ("batch", "text_length", "embed"))
         x_bld = _rms_norm(cfg, "final_layer_norm")(x_bld)
         return nn.Dropout(cfg.dropout)(x_bld, deterministic=deterministic)

@@ -184,6 +184,12 @@ def _conv2d(features, kernel, *, name=None, strides=1, padding=None):
                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name)
 
 
+def _constrain(x_bthwc):
+    """Block-boundary activations split over the batch axes only: the logical names "frames",
+    "height", "width" and "channels" are left to the presets (none of the shipped ones splits them)."""
+    return nn.with_logical_constraint(x_bthwc, ("batch", "frames", "height", "width", "channels"))
+
+
 def _per_frame(fn, x_bthwc):
     """Applies `fn` with time folded into the batch, so that GroupNorm statistics stay within a frame."""
     b, t = x_bthwc.shape[:2]
@@ -348,8 +354,9 @@ class Encoder(nn.Module):
         x_bthwc = _conv2d(self.block_out_channels[0], 3, name="conv_in")(x_bthwc)
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in")
         for i, features in enumerate(self.block_out_channels):
-            x_bthwc = DownBlock(features, self.layers_per_block, self.num_groups, self.temporal_downsample[i],
-                                self.spatial_downsample[i], name=f"down_blocks_{i}")(x_bthwc)
+            x_bthwc = _constrain(DownBlock(features, self.layers_per_block, self.num_groups,
+                                           self.temporal_downsample[i], self.spatial_downsample[i],
+                                           name=f"down_blocks_{i}")(x_bthwc))
         x_bthwc = MidBlock(self.block_out_channels[-1], self.num_groups, self.mid_attention,
                            self.attention_implementation, name="mid_block")(x_bthwc)
         x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
@@ -376,14 +383,14 @@ class Decoder(nn.Module):
         n = len(channels)
         x_bthwc = _conv2d(channels[0], 3, name="conv_in")(z_bthwc)
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in")
-        x_bthwc = MidBlock(channels[0], self.num_groups, self.mid_attention, self.attention_implementation,
-                           name="mid_block")(x_bthwc)
+        x_bthwc = _constrain(MidBlock(channels[0], self.num_groups, self.mid_attention,
+                                      self.attention_implementation, name="mid_block")(x_bthwc))
         for i, features in enumerate(channels):
             mirrored = n - 2 - i
-            x_bthwc = UpBlock(features, self.layers_per_block + 1, self.num_groups,
-                              bool(self.temporal_upsample[i]),
-                              mirrored >= 0 and bool(self.spatial_downsample[mirrored]),
-                              name=f"up_blocks_{i}")(x_bthwc)
+            x_bthwc = _constrain(UpBlock(features, self.layers_per_block + 1, self.num_groups,
+                                         bool(self.temporal_upsample[i]),
+                                         mirrored >= 0 and bool(self.spatial_downsample[mirrored]),
+                                         name=f"up_blocks_{i}")(x_bthwc))
         x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out")
         return _conv2d(self.out_channels, 3, name="conv_out")(x_bthwc)

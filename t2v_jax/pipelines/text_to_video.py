@@ -4,9 +4,15 @@ The phases are separate jits so that the text encoder's parameters can be freed 
 loop runs: at full size (Allegro) T5 v1.1 XXL alone is 9.5 GB in bf16. A pipeline takes the text
 encoder either resident (a params tree) or as a loader that is called for each batch of prompts and
 whose result is dropped right after encoding.
+
+Each phase is compiled with input and output shardings on the config's mesh and traced under its
+logical rules: prompts, latents and videos split over the data axes when their count allows it,
+params stay where they were loaded.
 """
 
+import functools
 import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +21,10 @@ from t2v_jax.config import latent_shape
 from t2v_jax.diffusion.samplers import sample
 from t2v_jax.io.video import to_uint8
 from t2v_jax.models.video_vae import VideoVAE, vae_decode
+from t2v_jax.parallel import rules as sharding_rules
+from t2v_jax.parallel.mesh import mesh_from_config
 from t2v_jax.train.stages import DiTStage, TextToVideoModel, VAEStage
-from t2v_jax.train.trainer import restore_params
+from t2v_jax.train.trainer import restore_params, sharding_context
 
 
 def free(tree) -> None:
@@ -40,9 +48,34 @@ class TextToVideoPipeline:
         self.dit_params = dit_params
         self.vae_params = vae_params
         self.latent_shape = latent_shape(config)
-        self._encode = jax.jit(lambda params, ids, mask: self.model.encode_text({"text_encoder": params}, ids, mask))
-        self._sample = jax.jit(self._sample_latents, static_argnames=("method", "num_steps"))
-        self._decode = jax.jit(lambda params, latents: vae_decode(self.vae, params, latents))
+        self.mesh = mesh_from_config(config.mesh)
+        self.rules = sharding_rules.logical_rules(config.mesh.preset)
+
+    def _batch_sharding(self, count: int):
+        """Split over the data axes when `count` divides evenly, else replicated."""
+        if count % sharding_rules.data_parallel_size(self.mesh):
+            return sharding_rules.replicated(self.mesh)
+        return sharding_rules.batch_sharding(self.mesh)
+
+    @functools.lru_cache(maxsize=None)
+    def _compiled(self, phase: str, count: int, method=None, num_steps=None):
+        """The jitted phase for `count` videos, its output placed on the batch sharding. Inputs
+        arrive committed to their shardings (params where they were loaded, batches split by
+        `_run`), which jit keeps."""
+        if phase == "encode":
+            fn = lambda params, ids, mask: self.model.encode_text({"text_encoder": params}, ids, mask)
+        elif phase == "sample":
+            fn = functools.partial(self._sample_latents, method=method, num_steps=num_steps)
+        else:
+            fn = lambda params, latents: vae_decode(self.vae, params, latents)
+        return jax.jit(fn, out_shardings=self._batch_sharding(count))
+
+    def _run(self, phase: str, params, batch_args, other_args=(), *, count: int, **static):
+        """Runs a phase under the mesh and logical rules, batch arguments split over the data axes."""
+        batch_args = jax.device_put(tuple(batch_args), self._batch_sharding(count))
+        other_args = jax.device_put(tuple(other_args), sharding_rules.replicated(self.mesh))
+        with sharding_context(self.mesh, self.rules):
+            return self._compiled(phase, count, **static)(params, *batch_args, *other_args)
 
     @classmethod
     def from_workdir(cls, config, workdir: str, *, use_ema: bool = True):
@@ -60,7 +93,7 @@ class TextToVideoPipeline:
         ids_bl, mask_bl = self.tokenizer(list(prompts))
         loaded = callable(self.text_encoder_params)
         params = self.text_encoder_params() if loaded else self.text_encoder_params
-        embeddings_bld = self._encode(params, ids_bl, mask_bl)
+        embeddings_bld = self._run("encode", params, (ids_bl, mask_bl), count=len(ids_bl))
         if loaded:
             embeddings_bld.block_until_ready()
             free(params)
@@ -89,12 +122,12 @@ class TextToVideoPipeline:
         elif tuple(initial_noise.shape) != (len(prompts), *self.latent_shape):
             raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected "
                              f"{(len(prompts), *self.latent_shape)} (prompts, *latent_shape)")
-        latents = self._sample(
-            self.dit_params, cond, uncond, jnp.asarray(initial_noise, jnp.float32), sample_rng,
-            jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
-            jnp.float32(sampling.eta if eta is None else eta),
-            method=method or sampling.method, num_steps=num_steps or sampling.num_steps)
-        return to_uint8(jax.device_get(self._decode(self.vae_params, latents)))
+        latents = self._run(
+            "sample", self.dit_params, (cond, uncond, jnp.asarray(initial_noise, jnp.float32)),
+            (sample_rng, jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
+             jnp.float32(sampling.eta if eta is None else eta)),
+            count=len(prompts), method=method or sampling.method, num_steps=num_steps or sampling.num_steps)
+        return to_uint8(jax.device_get(self._run("decode", self.vae_params, (latents,), count=len(prompts))))
 
     def _conditions(self, prompts, negatives):
         """Prompts and negatives through the text encoder in one call, so a loaded encoder loads once."""
