@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax.layers.rope import apply_rope
+from t2v_jax.parallel import rules as sharding_rules
 
 IMPLEMENTATIONS = ("xla", "cudnn", "chunked", "splash")
 _REQUIRED_PLATFORM = {"cudnn": "cuda", "splash": "tpu"}
@@ -118,7 +119,7 @@ def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal
     name = resolve_implementation(implementation, dtype=q_blhd.dtype, has_bias=bias_bhls is not None)
     layout = None
     if sequence_parallel and not causal and bias_bhls is None and num_queries == num_keys:
-        layout = _context_parallel_layout(num_queries)
+        layout = _context_parallel_layout(q_blhd.shape)
     if layout is not None:
         return _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout)
     if name == "chunked":
@@ -199,19 +200,20 @@ def _splash(q_blhd, k_bshd, v_bshd, kv_mask_bs, causal, scale, *, interpret: boo
     return jnp.transpose(out_bhld, (0, 2, 1, 3))[:, :num_queries].astype(q_blhd.dtype)
 
 
-def _context_parallel_layout(num_tokens: int):
+def _context_parallel_layout(shape_blhd):
     """(mesh, spec_blhd, axis names) when the active mesh and logical rules split the token axis
-    ("length") over mesh axes of total size > 1 that divide `num_tokens`; else None."""
+    ("length") over mesh axes of total size > 1 that divide the token count; else None. Batch or
+    head dimensions that their mesh axes do not divide (a batch of 1 at init) stay whole."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return None
-    spec_blhd = nn.logical_to_mesh_axes(("batch", "length", "heads", None))
+    spec_blhd = sharding_rules.divisible_spec(
+        nn.logical_to_mesh_axes(("batch", "length", "heads", None)), shape_blhd, mesh)
     length_axes = spec_blhd[1]
     if length_axes is None:
         return None
     names = (length_axes,) if isinstance(length_axes, str) else tuple(length_axes)
-    size = math.prod(mesh.shape[name] for name in names)
-    if size == 1 or num_tokens % size:
+    if math.prod(mesh.shape[name] for name in names) == 1:
         return None
     return mesh, spec_blhd, names
 

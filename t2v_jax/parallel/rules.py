@@ -5,6 +5,8 @@ Models annotate parameters (`nn.with_logical_partitioning`) and activations
 axes. A preset is data, not a code path.
 """
 
+import math
+
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -58,10 +60,26 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def divisible_spec(spec: PartitionSpec, shape, mesh) -> PartitionSpec:
+    """`spec` with every dimension that its mesh axes do not divide left whole (replicated): a rule
+    such as embed -> fsdp must not fail on a 3-channel RGB output conv."""
+    entries = []
+    for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        entries.append(axes if size % math.prod(mesh.shape[name] for name in names) == 0 else None)
+    return PartitionSpec(*entries)
+
+
 def state_shardings(abstract_state, mesh, rules):
-    """Shardings for a pytree whose leaves may be nn.Partitioned (logical names) or plain arrays."""
+    """Shardings for a pytree whose leaves may be nn.Partitioned (logical names) or plain arrays;
+    dimensions the mapped mesh axes do not divide stay replicated."""
     logical_specs = nn.get_partition_spec(abstract_state)
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    # The boxes' raw values: `unbox` would also apply their sharding constraints, which needs arrays.
+    leaves = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, abstract_state,
+                          is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return jax.tree.map(lambda sharding, leaf: NamedSharding(mesh, divisible_spec(sharding.spec, leaf.shape, mesh)),
+                        shardings, leaves)
 
 
 def unbox(tree):
