@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,8 @@ from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.config import dit_token_grid, latent_shape, validate
 from t2v_jax.diffusion import samplers
 from t2v_jax.parallel import flops
+from t2v_jax.parallel.programs import denoising_step, latent_loss_fn
+from t2v_jax.parallel.report import median_seconds
 from t2v_jax.parallel.rules import unbox
 from t2v_jax.train.stages import DiTStage
 from t2v_jax.train.trainer import TrainState, make_optimizer, make_rng, make_train_step
@@ -44,17 +45,6 @@ _SKIP_BASELINES = flags.DEFINE_bool("skip_baselines", False, "Time only our conf
 _VS_DIFFUSERS = flags.DEFINE_bool("vs_diffusers", False, "Time one DiT denoising step against diffusers' "
                                   "AllegroTransformer3DModel (needs the [ref] extra) instead of train/sampling.")
 flags.mark_flags_as_required(["config"])
-
-
-def _time(fn, repeats):
-    """Median wall time of fn() after one warm-up call (which also compiles)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def _train_step_seconds(config, remat_policy, repeats):
@@ -69,8 +59,7 @@ def _train_step_seconds(config, remat_policy, repeats):
     params = unbox(stage.init_params(rng))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                        opt_state=optimizer.init(params), rng=jax.random.key_data(rng))
-    loss_fn = lambda p, b, r: stage.latent_loss(p, b["latents"], b["ids"], b["mask"], r)
-    step = jax.jit(make_train_step(loss_fn, optimizer, config.train_dit.ema_decay))
+    step = jax.jit(make_train_step(latent_loss_fn(stage), optimizer, config.train_dit.ema_decay))
     batch_arrays = {"latents": latents, "ids": jnp.asarray(ids), "mask": jnp.asarray(mask)}
     holder = {"state": state}
 
@@ -78,7 +67,7 @@ def _train_step_seconds(config, remat_policy, repeats):
         holder["state"], metrics = step(holder["state"], batch_arrays)
         return metrics["loss"]
 
-    return _time(run, repeats)
+    return median_seconds(run, repeats)
 
 
 def _sampling_seconds(config, repeats, *, scanned: bool):
@@ -105,19 +94,13 @@ def _sampling_seconds(config, repeats, *, scanned: bool):
                                    method=sampling.method, num_steps=sampling.num_steps, cond=cond,
                                    uncond=uncond, eta=sampling.eta, **kwargs)
 
-        return _time(lambda: run_all(params, noise, rng), repeats)
+        return median_seconds(lambda: run_all(params, noise, rng), repeats)
 
     # Baseline: the same single steps, one jitted call per step from a Python loop.
     t_n, t_prev_n = samplers.timesteps(sampling.method, sampling.num_steps, model.schedule)
     cond_fn = jax.jit(conds)
 
-    @jax.jit
-    def one_step(params, x, t, t_prev, cond, uncond):
-        predict = samplers.guided_predictor(lambda x, t, c: model.denoise(params, x, t, c), cond, uncond,
-                                            sampling.guidance_scale)
-        pred = predict(x, jnp.full((x.shape[0],), t))
-        x0, eps = samplers.to_x0_eps(pred, x, t, model.schedule, config.diffusion.prediction_type)
-        return samplers.ddim_step(x, x0, eps, t, t_prev, model.schedule, eta=0.0)
+    one_step = jax.jit(denoising_step(model, config))
 
     def run_loop():
         cond, uncond = cond_fn(params)
@@ -126,7 +109,7 @@ def _sampling_seconds(config, repeats, *, scanned: bool):
             x = one_step(params, x, t, t_prev, cond, uncond)
         return x
 
-    return _time(run_loop, repeats)
+    return median_seconds(run_loop, repeats)
 
 
 def _diffusers_allegro_kwargs(dit) -> dict:
@@ -171,7 +154,7 @@ def _denoise_vs_diffusers(config, repeats) -> dict:
     args = (jnp.asarray(t_b), jnp.asarray(context_bld, config.dit.dtype), jnp.asarray(mask_bl.astype(bool)))
     params = jax.jit(model.init)(jax.random.PRNGKey(0), x_bthwc, *args)
     forward = jax.jit(model.apply)
-    ours_s = _time(lambda: forward(params, x_bthwc, *args), repeats)
+    ours_s = median_seconds(lambda: forward(params, x_bthwc, *args), repeats)
     ours_peak = _peak_device_bytes()
     for leaf in jax.tree.leaves(params):
         leaf.delete()
@@ -196,7 +179,7 @@ def _denoise_vs_diffusers(config, repeats) -> dict:
             torch.cuda.synchronize()
         return out
 
-    reference_s = _time(run_reference, repeats)
+    reference_s = median_seconds(run_reference, repeats)
     reference_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return dict(ours_seconds_per_step=ours_s, diffusers_seconds_per_step=reference_s,
                 speedup_vs_diffusers=reference_s / ours_s, ours_peak_bytes=ours_peak,

@@ -79,6 +79,14 @@ def sharding_context(mesh, rules):
         yield
 
 
+def jit_train_step(loss_fn, optimizer, ema_decay: float, state_shardings, mesh, *, donate: bool = True):
+    """The train step jitted with the state's shardings and the batch split over the data axes, as
+    `fit` runs it; call it (or lower it) inside `sharding_context` so that logical constraints apply."""
+    return jax.jit(make_train_step(loss_fn, optimizer, ema_decay),
+                   in_shardings=(state_shardings, sharding_rules.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, None), donate_argnums=0 if donate else ())
+
+
 def _init_fn(init_params, optimizer, train_rng):
     def init(init_rng):
         params = sharding_rules.unbox(init_params(init_rng))
@@ -163,12 +171,8 @@ def fit(stage, train_cfg, data_iterator, workdir: str, *, mesh_cfg, seed: int,
         start_step = int(state.step)
         print(f"[{stage.name}] resumed from step {start_step} in {checkpointer.directory}")
 
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = sharding_rules.batch_sharding(mesh)
-    with sharding_context(mesh, rules):
-        train_step = jax.jit(make_train_step(stage.loss_fn, optimizer, train_cfg.ema_decay),
-                             in_shardings=(state_shardings, batch_sharding),
-                             out_shardings=(state_shardings, None), donate_argnums=0)
+    train_step = jit_train_step(stage.loss_fn, optimizer, train_cfg.ema_decay,
+                                jax.tree.map(lambda x: x.sharding, state), mesh)
 
     logger = MetricsLogger(workdir)
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {stage.name}", disable=not progress,
