@@ -1,5 +1,6 @@
-"""Ring (context-parallel) attention on 8 host devices equals one-device attention, values and
-gradients, and communicates by passing key/value slices (collective-permute), never gathering them.
+"""Ring (context-parallel) attention on 8 host devices, its key slices folded 3 keys at a time (with
+padding), equals one-device attention, values and gradients, and communicates by passing key/value
+slices (collective-permute), never gathering them.
 
 The pytest process keeps its single CPU device, so the check runs in a subprocess that asks XLA
 for 8 host devices.
@@ -34,9 +35,9 @@ results = {}
 for shape in (dict(context=8), dict(fsdp=2, context=4), dict(data=2, context=2, tensor=2)):
     mesh = make_mesh(dict(dict(data=1, fsdp=1, context=1, tensor=1), **shape))
     with sharding_context(mesh, logical_rules("context")):
-        forward = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask_bs=mask, sequence_parallel=True))
+        forward = jax.jit(lambda q, k, v: attention(q, k, v, kv_mask_bs=mask, sequence_parallel=True, chunk_size=3))
         out = forward(q, k, v)
-        grads = jax.jit(jax.grad(lambda q, k, v: loss(q, k, v, sequence_parallel=True), argnums=(0, 1, 2)))(q, k, v)
+        grads = jax.jit(jax.grad(lambda q, k, v: loss(q, k, v, sequence_parallel=True, chunk_size=3), argnums=(0, 1, 2)))(q, k, v)
         hlo = forward.lower(q, k, v).compile().as_text()
     results[json.dumps(shape)] = dict(
         out_error=float(jnp.abs(out - reference).max()),

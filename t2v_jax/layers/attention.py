@@ -121,7 +121,7 @@ def attention(q_blhd, k_bshd, v_bshd, *, kv_mask_bs=None, bias_bhls=None, causal
     if sequence_parallel and not causal and bias_bhls is None and num_queries == num_keys:
         layout = _context_parallel_layout(q_blhd.shape)
     if layout is not None:
-        return _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout)
+        return _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, chunk_size, layout)
     if name == "chunked":
         return _chunked(q_blhd, k_bshd, v_bshd, kv_mask_bs, bias_bhls, causal, chunk_size, scale)
     if name == "splash":
@@ -218,12 +218,31 @@ def _context_parallel_layout(shape_blhd):
     return mesh, spec_blhd, names
 
 
-def _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout):
+def _fold_key_chunks(q_blhd, stats, k_bshd, v_bshd, mask_bs, scale, chunk_size: int):
+    """Folds keys into the online-softmax stats `chunk_size` at a time (padding masked), so a score
+    block never exceeds L x chunk_size; each chunk is rematerialised in the backward pass."""
+    num_keys = k_bshd.shape[1]
+    chunk = max(1, min(chunk_size, num_keys))
+    pad = _round_up(num_keys, chunk) - num_keys
+    k_bshd = jnp.pad(k_bshd, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    v_bshd = jnp.pad(v_bshd, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask_bs = jnp.pad(mask_bs, ((0, 0), (0, pad)))
+
+    @jax.checkpoint
+    def step(stats, chunk_inputs):
+        return _online_softmax_step(q_blhd, stats, *chunk_inputs, False, scale), None
+
+    stats, _ = jax.lax.scan(step, stats, _chunk_inputs(k_bshd, v_bshd, mask_bs, None, chunk))
+    return stats
+
+
+def _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, chunk_size, layout):
     """Sequence-parallel self-attention (ring attention, Liu et al. 2023): every device keeps its
     slice of the queries and passes its key/value slice around the ring of the context axes, folding
-    each one in with the online softmax, so no device ever holds the whole sequence's keys, values
-    or an L x S score matrix. Autodiff runs the ring backwards (ppermute's transpose); each ring
-    step is rematerialised so the backward pass keeps only the passed slices."""
+    each one in with the online softmax, `chunk_size` keys at a time, so no device ever holds the
+    whole sequence's keys, values or more than an (L / ring) x chunk block of scores. Autodiff runs
+    the ring backwards (ppermute's transpose); ring steps and key chunks are rematerialised so the
+    backward pass keeps only the passed slices and the running stats."""
     mesh, spec_blhd, names = layout
     ring_size = math.prod(mesh.shape[name] for name in names)
     perm = [(i, (i + 1) % ring_size) for i in range(ring_size)]
@@ -236,7 +255,7 @@ def _ring_attention(q_blhd, k_bshd, v_bshd, kv_mask_bs, scale, layout):
         @jax.checkpoint
         def step(carry, _):
             stats, k_bshd, v_bshd, mask_bs = carry
-            stats = _online_softmax_step(q_blhd, stats, k_bshd, v_bshd, mask_bs, None, 0, False, scale)
+            stats = _fold_key_chunks(q_blhd, stats, k_bshd, v_bshd, mask_bs, scale, chunk_size)
             passed = [jax.lax.ppermute(x, names, perm) for x in (k_bshd, v_bshd, mask_bs)]
             return (stats, *passed), None
 

@@ -121,7 +121,7 @@ class CaptionProjection(nn.Module):
 
     @nn.compact
     def __call__(self, context_bld):
-        h = _dense(self.width, (None, "mlp"), self.dtype, self.param_dtype, "linear_1")(context_bld)
+        h = _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "linear_1")(context_bld)
         h = nn.gelu(h, approximate=True)
         return _dense(self.width, ("mlp", "embed"), self.dtype, self.param_dtype, "linear_2")(h)
 

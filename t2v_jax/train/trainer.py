@@ -19,7 +19,7 @@ import optax
 from tqdm.auto import tqdm
 
 from t2v_jax.parallel import rules as sharding_rules
-from t2v_jax.parallel.mesh import make_mesh
+from t2v_jax.parallel.mesh import mesh_from_config
 from t2v_jax.train.checkpoint import Checkpointer, abstract_like
 
 
@@ -156,7 +156,7 @@ def fit(stage, train_cfg, data_iterator, workdir: str, *, mesh_cfg, seed: int,
     changing the learning-rate schedule, which always spans train_cfg.num_steps.
     """
     total_steps = train_cfg.num_steps if num_steps is None else num_steps
-    mesh = make_mesh(dict(mesh_cfg.shape))
+    mesh = mesh_from_config(mesh_cfg)
     rules = sharding_rules.logical_rules(mesh_cfg.preset)
     optimizer = make_optimizer(train_cfg)
     state = create_train_state(stage.init_params, optimizer, make_rng(seed), mesh, rules)
@@ -207,7 +207,7 @@ def restore_params(workdir: str, stage, train_cfg, *, mesh_cfg, use_ema: bool = 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, async_save=False)
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train this stage first")
-    mesh = make_mesh(dict(mesh_cfg.shape))
+    mesh = mesh_from_config(mesh_cfg)
     rules = sharding_rules.logical_rules(mesh_cfg.preset)
     state_shape, shardings = train_state_shardings(stage.init_params, make_optimizer(train_cfg),
                                                    make_rng(seed), mesh, rules)
