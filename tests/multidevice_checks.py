@@ -37,10 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2v_jax.config import latent_shape
-from t2v_jax.diffusion.samplers import ddim_step, guided_predictor, timesteps, to_x0_eps
+from t2v_jax.diffusion.samplers import timesteps
 from t2v_jax.models.video_vae import VideoVAE, vae_decode
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import make_mesh
+from t2v_jax.parallel.programs import denoising_step
+from t2v_jax.parallel.report import collectives
 from t2v_jax.train.checkpoint import Checkpointer, abstract_like
 from t2v_jax.train.stages import DiTStage, VAEStage
 from t2v_jax.train.trainer import (
@@ -113,14 +115,6 @@ def leaf_diffs(got, ref):
         rows.append([jax.tree_util.keystr(path), float(np.max(np.abs(g - r), initial=0.0)),
                      float(np.max(np.abs(r), initial=0.0))])
     return rows
-
-
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-
-
-def count_collectives(hlo_text):
-    """How often each collective op appears in a compiled (partitioned) HLO module."""
-    return {op: hlo_text.count(f" {op}(") + hlo_text.count(f" {op}-start(") for op in COLLECTIVES}
 
 
 def num_split_leaves(shardings):
@@ -219,24 +213,21 @@ class Placement:
                              out_shardings=(self.state_shardings, None, self.replicated, self.param_shardings))
             with self.context():
                 self._step = jitted.lower(state, self.shard_batch(batch)).compile()
-            self.step_collectives = count_collectives(self._step.as_text())
+            self.step_collectives = {kind: entry["count"] for kind, entry in collectives(self._step).items()}
         with self.context():
             return self._step(state, self.shard_batch(batch))
 
     def sample_step(self, params, batch, t, t_prev):
         """One classifier-free-guided DDIM step (guidance 4, eta 0) from the sampling loop's parts."""
         if self._sample is None:
-            model, schedule = self.setup.model, self.setup.model.schedule
+            model = self.setup.model
+
+            denoise = denoising_step(model, self.setup.config)
 
             def step(params, batch, t, t_prev):
                 cond = (model.encode_text(params, batch["ids"], batch["mask"]), batch["mask"])
                 uncond = (model.encode_text(params, batch["null_ids"], batch["null_mask"]), batch["null_mask"])
-                predict = guided_predictor(lambda x, t_b, c: model.denoise(params, x, t_b, c), cond, uncond,
-                                           self.setup.config.sampling.guidance_scale)
-                x = batch["x"]
-                pred = predict(x, jnp.full((x.shape[0],), t))
-                x0, eps = to_x0_eps(pred, x, t, schedule, self.setup.config.diffusion.prediction_type)
-                return ddim_step(x, x0, eps, t, t_prev, schedule, eta=0.0)
+                return denoise(params, batch["x"], t, t_prev, cond, uncond)
 
             with self.context():
                 self._sample = jax.jit(step, in_shardings=(self.param_shardings, self.batch_sharding,
