@@ -36,17 +36,20 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm without mean subtraction or bias (T5's `T5LayerNorm`)."""
+    """Root-mean-square norm without mean subtraction or bias (T5's `T5LayerNorm`);
+    `use_affine=False` drops the scale too (RetNet's per-head group norm)."""
 
     eps: float = 1e-6
+    use_affine: bool = True
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
         y = x32 * jnp.reciprocal(jnp.sqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps))
-        scale = _affine_param(self, "scale", nn.initializers.ones, x.shape[-1], "embed", self.param_dtype)
-        return (y * scale).astype(x.dtype)
+        if self.use_affine:
+            y = y * _affine_param(self, "scale", nn.initializers.ones, x.shape[-1], "embed", self.param_dtype)
+        return y.astype(x.dtype)
 
 
 class GroupNorm(nn.Module):
