@@ -50,7 +50,8 @@ def _our_step(method, x_t, pred, t, t_prev, schedule, prediction_type, noise, et
     x0, eps = samplers.to_x0_eps(pred, x_in, t, schedule, prediction_type)
     if method == "ddim":
         return samplers.ddim_step(x_t, x0, eps, t, t_prev, schedule, eta=eta, noise=noise)
-    return samplers._STEPS[method](x_t, x0, eps, t, t_prev, schedule, noise=noise)
+    step = {"ddpm": samplers.ddpm_step, "euler_ancestral": samplers.euler_ancestral_step}[method]
+    return step(x_t, x0, eps, t, t_prev, schedule, noise=noise)
 
 
 @pytest.mark.parametrize("method,prediction_type,num_steps,eta", [

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from t2v_jax.config import latent_shape, num_dit_tokens
 from t2v_jax.diffusion import samplers
 from t2v_jax.parallel import rules as sharding_rules
+from t2v_jax.train.checkpoint import abstract_on
 from t2v_jax.train.stages import DiTStage
 from t2v_jax.train.trainer import (
     create_train_state,
@@ -103,10 +104,6 @@ def synthetic_latent_batch(config, seed: int = 0) -> dict:
     return {"latents": latents_bthwc, "ids": ids_bl, "mask": mask_bl}
 
 
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def train_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, seed: int = 0,
                        donate: bool = True) -> Program:
     """The DiT train step on latents with args (state, batch).
@@ -120,8 +117,8 @@ def train_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, seed
     state_shape, state_shardings = train_state_shardings(stage.init_params, optimizer, rng, mesh, rules)
     batch = synthetic_latent_batch(config, seed)
     if abstract:
-        state = _abstract(state_shape, state_shardings)
-        batch = _abstract(batch, jax.tree.map(lambda _: sharding_rules.batch_sharding(mesh), batch))
+        state = abstract_on(state_shape, state_shardings)
+        batch = abstract_on(batch, jax.tree.map(lambda _: sharding_rules.batch_sharding(mesh), batch))
     else:
         state = create_train_state(stage.init_params, optimizer, rng, mesh, rules)
         batch = jax.device_put(batch, sharding_rules.batch_sharding(mesh))  # the same on every host
@@ -170,7 +167,7 @@ def sampling_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, s
               t_n[0], t_prev_n[0], caption, caption)
     shardings = (params_shardings, data, replicated, replicated, (data, data), (data, data))
     if abstract:
-        args = _abstract(shapes, shardings)
+        args = abstract_on(shapes, shardings)
     else:
         init_rng = jax.random.split(rng)[0]  # the key create_train_state initialises the params with
         with sharding_context(mesh, rules):

@@ -20,7 +20,7 @@ from t2v_jax.models.text_encoder import T5Tokenizer
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import mesh_from_config
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
-from t2v_jax.train.checkpoint import load_params
+from t2v_jax.train.checkpoint import abstract_on, load_params
 from t2v_jax.train.stages import TextToVideoModel, VAEStage
 from t2v_jax.train.trainer import sharding_context
 
@@ -40,7 +40,8 @@ low quality, normal quality, jpeg artifacts, signature, watermark, username, blu
 # the patch (x2) divide it.
 RESOLUTIONS = {"88x720p": (88, 720, 1280), "40x720p": (40, 720, 1280), "40x360p": (40, 368, 640)}
 # Config fields that say how to run a model rather than what it is: they may differ from the checkpoint.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "remat_policy", "dropout")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "remat_policy", "dropout", "tile_frames", "tile_size",
+                   "tile_overlap_frames", "tile_overlap")
 
 
 def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:
@@ -92,7 +93,7 @@ def check_against_checkpoint(config, checkpoint_configs: dict) -> None:
     for component, stored in sorted(checkpoint_configs.items()):
         prefix, ours = sections[component]
         for field, value in sorted(stored.items()):
-            if field in _RUNTIME_FIELDS or "tile" in field or field not in ours:
+            if field in _RUNTIME_FIELDS or field not in ours:
                 continue
             mine = ours[field]
             if json.loads(json.dumps(mine)) != json.loads(json.dumps(value)):
@@ -108,9 +109,7 @@ def _abstract_params(init_fn, mesh, rules, dtype):
     with sharding_context(mesh, rules):
         boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
         shardings = sharding_rules.state_shardings(boxed, mesh, rules)
-    shapes = sharding_rules.unbox(boxed)
-    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding),
-                        shapes, shardings)["params"]
+    return abstract_on(sharding_rules.unbox(boxed), shardings, dtype)["params"]
 
 
 class AllegroPipeline(TextToVideoPipeline):

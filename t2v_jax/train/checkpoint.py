@@ -60,6 +60,13 @@ class Checkpointer:
         self.manager.close()
 
 
+def abstract_on(tree, shardings, dtype=None):
+    """ShapeDtypeStructs of `tree`'s leaves placed on `shardings` (and cast to `dtype` if given), the
+    target orbax restores or jit lowers onto without materialising anything."""
+    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=sharding),
+                        tree, shardings)
+
+
 def abstract_like(tree):
     """ShapeDtypeStructs carrying each leaf's sharding, for restoring in place."""
     return jax.tree.map(

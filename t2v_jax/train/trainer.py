@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import mesh_from_config
-from t2v_jax.train.checkpoint import Checkpointer, abstract_like
+from t2v_jax.train.checkpoint import Checkpointer, abstract_like, abstract_on
 
 
 RNG_IMPL = "rbg"
@@ -211,8 +211,6 @@ def restore_params(workdir: str, stage, train_cfg, *, mesh_cfg, use_ema: bool = 
     rules = sharding_rules.logical_rules(mesh_cfg.preset)
     state_shape, shardings = train_state_shardings(stage.init_params, make_optimizer(train_cfg),
                                                    make_rng(seed), mesh, rules)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state_shape, shardings)
-    state, _ = checkpointer.restore(abstract, with_data=False)
+    state, _ = checkpointer.restore(abstract_on(state_shape, shardings), with_data=False)
     checkpointer.close()
     return state.ema_params if use_ema else state.params
