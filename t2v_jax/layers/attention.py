@@ -10,6 +10,11 @@ module) and the config names the kernel. Kernels:
   Pure JAX, so it runs on CPU and scales to very long token sequences.
 - ``splash``: the Pallas TPU splash-attention kernel, TPU only, no additive bias.
 
+Autoregressive decoding keeps a `KVCache` (keys and values preallocated to the longest sequence):
+`Attention(..., cache=...)` prefills it with a causal pass over a prompt, or appends one token
+and attends over the filled part (a masked read of the whole static-size cache, so that the
+decode step compiles once inside a `lax.scan`).
+
 Under the ``context`` sharding preset, self-attention over video tokens (``sequence_parallel=True``)
 runs as ring attention over the ``context`` mesh axis instead, whatever the kernel setting.
 
@@ -25,7 +30,7 @@ gradients).
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -416,10 +421,48 @@ def _dense(name, features, axes, kernel_init, module):
                     name=name)
 
 
+class KVCache(NamedTuple):
+    """Keys and values of the positions so far, preallocated to the longest sequence; `pos`
+    (int32 scalar) counts the filled positions and is where the next token's key goes."""
+
+    k_bshd: jax.Array
+    v_bshd: jax.Array
+    pos: jax.Array
+
+
+def init_kv_cache(batch: int, length: int, num_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
+    """An empty cache with room for `length` positions."""
+    zeros = jnp.zeros((batch, length, num_heads, head_dim), dtype)
+    return KVCache(zeros, zeros, jnp.zeros((), jnp.int32))
+
+
+def _cached_attention(q_blhd, k_blhd, v_blhd, cache: KVCache, *, implementation, chunk_size, scale):
+    """Writes the new keys/values at `cache.pos` and attends. Several new tokens are a prefill:
+    a causal pass over them alone, valid because a prefill starts from an empty cache (the
+    models that use a cache enforce that). One new token attends over the whole cache with the
+    positions not yet written masked out."""
+    length = q_blhd.shape[1]
+    write = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=cache.pos, axis=1)
+    new_cache = KVCache(write(cache.k_bshd, k_blhd.astype(cache.k_bshd.dtype)),
+                        write(cache.v_bshd, v_blhd.astype(cache.v_bshd.dtype)), cache.pos + length)
+    if length > 1:
+        out_blhd = attention(q_blhd, k_blhd, v_blhd, causal=True, implementation=implementation,
+                             chunk_size=chunk_size, scale=scale)
+    else:
+        batch, cache_length = cache.k_bshd.shape[:2]
+        filled_bs = jnp.broadcast_to(jnp.arange(cache_length) < new_cache.pos, (batch, cache_length))
+        out_blhd = attention(q_blhd, new_cache.k_bshd.astype(q_blhd.dtype), new_cache.v_bshd.astype(q_blhd.dtype),
+                             kv_mask_bs=filled_bs, implementation=implementation, chunk_size=chunk_size,
+                             scale=scale)
+    return out_blhd, new_cache
+
+
 class Attention(nn.Module):
     """q/k/v/out projections around `attention()`; self-attention when `context_bsd` is None.
 
     `rope` is None or (cos_ld, sin_ld, num_chunks), applied to q and k in self-attention.
+    With `cache` (a `KVCache`, self-attention only) the call returns `(out, new_cache)`: a
+    multi-token call prefills an empty cache causally, a one-token call decodes.
     `out_kernel_init` lets a model zero-initialise the output (LaVie's temporal attention);
     `scale=None` is 1/sqrt(head_dim), T5 uses 1.0."""
 
@@ -437,9 +480,12 @@ class Attention(nn.Module):
     out_kernel_init: Callable = nn.linear.default_kernel_init
 
     @nn.compact
-    def __call__(self, x_bld, context_bsd=None, *, kv_mask_bs=None, bias_bhls=None, rope=None):
+    def __call__(self, x_bld, context_bsd=None, *, kv_mask_bs=None, bias_bhls=None, rope=None,
+                 cache: KVCache | None = None):
         if rope is not None and context_bsd is not None:
             raise ValueError("rope applies to self-attention only; got a context for cross-attention")
+        if cache is not None and (context_bsd is not None or kv_mask_bs is not None or bias_bhls is not None):
+            raise ValueError("a KV cache serves causal self-attention only (no context, mask or bias)")
         source_bsd = x_bld if context_bsd is None else context_bsd
         inner = self.num_heads * self.head_dim
 
@@ -454,10 +500,14 @@ class Attention(nn.Module):
             cos_ld, sin_ld, num_chunks = rope
             q_blhd = apply_rope(q_blhd, cos_ld, sin_ld, num_chunks=num_chunks)
             k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks)
+        out_features = self.out_features or x_bld.shape[-1]
+        out = _dense("out", out_features, ("heads", "embed"), self.out_kernel_init, self)
+        if cache is not None:
+            o_blhd, cache = _cached_attention(q_blhd, k_bshd, v_bshd, cache, implementation=self.implementation,
+                                              chunk_size=self.chunk_size, scale=self.scale)
+            return out(o_blhd.reshape(o_blhd.shape[:-2] + (inner,))), cache
         o_blhd = attention(q_blhd, k_bshd, v_bshd, kv_mask_bs=kv_mask_bs, bias_bhls=bias_bhls,
                            causal=self.causal, implementation=self.implementation,
                            chunk_size=self.chunk_size, scale=self.scale,
                            sequence_parallel=context_bsd is None)
-        o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
-        out_features = self.out_features or x_bld.shape[-1]
-        return _dense("out", out_features, ("heads", "embed"), self.out_kernel_init, self)(o_bld)
+        return out(o_blhd.reshape(o_blhd.shape[:-2] + (inner,)))

@@ -87,6 +87,12 @@ def unbox(tree):
     return nn.meta.unbox(tree)
 
 
+def split_or_replicated(mesh, count: int) -> NamedSharding:
+    """A batch of `count` items split over the data axes when they divide it, else replicated
+    (a pipeline asked for fewer videos than there are data-parallel devices)."""
+    return replicated(mesh) if count % data_parallel_size(mesh) else batch_sharding(mesh)
+
+
 def data_parallel_size(mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 

@@ -51,12 +51,6 @@ class TextToVideoPipeline:
         self.mesh = mesh_from_config(config.mesh)
         self.rules = sharding_rules.logical_rules(config.mesh.preset)
 
-    def _batch_sharding(self, count: int):
-        """Split over the data axes when `count` divides evenly, else replicated."""
-        if count % sharding_rules.data_parallel_size(self.mesh):
-            return sharding_rules.replicated(self.mesh)
-        return sharding_rules.batch_sharding(self.mesh)
-
     @functools.lru_cache(maxsize=None)
     def _compiled(self, phase: str, count: int, method=None, num_steps=None):
         """The jitted phase for `count` videos, its output placed on the batch sharding. Inputs
@@ -68,11 +62,11 @@ class TextToVideoPipeline:
             fn = functools.partial(self._sample_latents, method=method, num_steps=num_steps)
         else:
             fn = lambda params, latents: vae_decode(self.vae, params, latents)
-        return jax.jit(fn, out_shardings=self._batch_sharding(count))
+        return jax.jit(fn, out_shardings=sharding_rules.split_or_replicated(self.mesh, count))
 
     def _run(self, phase: str, params, batch_args, other_args=(), *, count: int, **static):
         """Runs a phase under the mesh and logical rules, batch arguments split over the data axes."""
-        batch_args = jax.device_put(tuple(batch_args), self._batch_sharding(count))
+        batch_args = jax.device_put(tuple(batch_args), sharding_rules.split_or_replicated(self.mesh, count))
         other_args = jax.device_put(tuple(other_args), sharding_rules.replicated(self.mesh))
         with sharding_context(self.mesh, self.rules):
             return self._compiled(phase, count, **static)(params, *batch_args, *other_args)
