@@ -18,7 +18,7 @@ Result:   2026-11-21: 2600 steps in 282 s (compile and data included; 5-10 steps
 
 import ml_collections
 
-from t2v_jax.models import vq
+from t2v_jax.models import retnet_video, vq
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
@@ -51,6 +51,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # neighbouring frames differ by a 1 px shift, so more videos beat more frames of each for the same compute.
     config.train_vq = train_config(num_steps=2600, batch_size=32, learning_rate=2e-3, log_every=100,
                                    checkpoint_every=500, frames_per_video=2, l1_weight=0.0)
+
+    config.system = "flashvideo"
+    config.text = ml_collections.ConfigDict(dict(max_length=32, caption_dropout=0.1))
+    # 9 frames: keyframes 0, 4, 8 come from the keyframe decoder, frames 1-3 and 5-7 from the
+    # interpolation decoder. Sequences: caption 32 + 3 x 17 = 83 and 32 + 5 x 17 = 117 tokens.
+    config.flashvideo = ml_collections.ConfigDict(dict(keyframe_stride=4))
+    config.keyframes_model = retnet_video.default_config()
+    config.interpolation_model = retnet_video.default_config()
+    config.train_keyframes = train_config(num_steps=1500, batch_size=32, learning_rate=1e-3)
+    config.train_interpolation = train_config(num_steps=800, batch_size=32, learning_rate=1e-3)
+    config.sampling = ml_collections.ConfigDict(dict(
+        temperature=1.0, top_k=0, guidance_scale=3.0, interpolation_guidance_scale=1.0,
+        prefill_mode="chunkwise", fps=8))
 
     config.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, context=1, tensor=1), preset="dp"))
 

@@ -1,4 +1,4 @@
-"""Times one DiT train step and one full sampling run; writes JSON.
+"""Times one DiT train step and one full sampling run (FlashVideo: decoding speed); writes JSON.
 
   python scripts/benchmark.py --config configs/quickstart.py --out benchmark.json
   python scripts/benchmark.py --config configs/allegro_88x720p.py --config.train_dit.batch_size=1 ...
@@ -14,6 +14,15 @@ Each figure comes with a baseline measured in the same run:
   dtype, on the same device: seconds per step and peak device memory of each.
 TFLOP/s counts model FLOPs (t2v_jax/parallel/flops.py); MFU is printed only where the device's
 peak is known.
+
+  python scripts/benchmark.py --config configs/flashvideo.py --out flashvideo.json
+
+A FlashVideo config times autoregressive decoding instead: its keyframe decoder with retention
+(recurrent form, a fixed-size state) against the same decoder with softmax attention and a KV cache
+(same width, depth, heads, feed-forward and tokens; both a scanned decoding loop in one jit). At each
+total length in --lengths a prompt of length - decode_steps tokens is prefilled, then the last
+--decode_steps tokens are sampled and timed: per-token latency, tokens/s, and the decoding program's
+memory (arguments incl. the state or cache, plus temporaries) from XLA's memory analysis.
 """
 
 import datetime
@@ -29,11 +38,12 @@ from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
-from t2v_jax.config import dit_token_grid, latent_shape, validate
+from t2v_jax.config import dit_token_grid, latent_shape, system, validate
 from t2v_jax.diffusion import samplers
+from t2v_jax.models import retnet_video, vq
 from t2v_jax.parallel import flops
 from t2v_jax.parallel.programs import denoising_step, latent_loss_fn
-from t2v_jax.parallel.report import median_seconds
+from t2v_jax.parallel.report import median_seconds, memory_per_device, shard_bytes
 from t2v_jax.parallel.rules import unbox
 from t2v_jax.train.stages import DiTStage
 from t2v_jax.train.trainer import TrainState, make_optimizer, make_rng, make_train_step
@@ -44,7 +54,57 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions after one warm-
 _SKIP_BASELINES = flags.DEFINE_bool("skip_baselines", False, "Time only our configuration.")
 _VS_DIFFUSERS = flags.DEFINE_bool("vs_diffusers", False, "Time one DiT denoising step against diffusers' "
                                   "AllegroTransformer3DModel (needs the [ref] extra) instead of train/sampling.")
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "FlashVideo: total sequence lengths.")
+_DECODE_STEPS = flags.DEFINE_integer("decode_steps", 128, "FlashVideo: tokens decoded (and timed) at the end of "
+                                     "each length.")
+_DECODE_BATCH = flags.DEFINE_integer("decode_batch", 1, "FlashVideo: sequences decoded at once.")
 flags.mark_flags_as_required(["config"])
+
+
+def _decoding(config, mixer: str, length: int, steps: int, batch: int, repeats: int) -> dict:
+    """Prefill length - steps random codes, then time a scan of `steps` sampled recurrent steps."""
+    model_cfg = config.keyframes_model.copy_and_resolve_references()
+    model_cfg.mixer = mixer
+    vocab = retnet_video.Vocabulary(vq.codebook_size(config.vq), config.data.num_frames)
+    decoder = retnet_video.VideoDecoder(model_cfg, vocab)
+    # The prefill is not what is compared; the chunked kernel keeps a 16k-token causal pass in memory.
+    prefill_cfg = model_cfg.copy_and_resolve_references()
+    prefill_cfg.attention = "chunked"
+    prefill_decoder = retnet_video.VideoDecoder(prefill_cfg, vocab)
+    rng = make_rng(0)
+    prompt_bp = jax.random.randint(rng, (batch, length - steps), 0, vocab.codebook_size)
+    params = decoder.init(rng, prompt_bp[:, :8])
+    prefill_fn = jax.jit(lambda p, x: retnet_video.prefill(prefill_decoder, p, x, length, "chunkwise"))
+    prefill_s = median_seconds(lambda: prefill_fn(params, prompt_bp), 1)
+    last_logits_bc, state = prefill_fn(params, prompt_bp)
+    layout_bn = jnp.full((batch, steps), retnet_video.FORCE_NONE, jnp.int32)
+    decode_fn = jax.jit(lambda p, s, logits, r: retnet_video.decode(decoder, p, s, logits, layout_bn, r))
+    compiled = decode_fn.lower(params, state, last_logits_bc, rng).compile()
+    memory = memory_per_device(compiled, {"params": params, "state": state})
+    seconds = median_seconds(lambda: compiled(params, state, last_logits_bc, rng), repeats)
+    return dict(ms_per_token=1e3 * seconds / steps, tokens_per_sec=batch * steps / seconds,
+                prefill_seconds=prefill_s, state_bytes=shard_bytes(state), decode_memory_bytes=memory["total"])
+
+
+def _decoding_benchmark(config) -> dict:
+    lengths = [int(n) for n in _LENGTHS.value]
+    steps, batch = _DECODE_STEPS.value, _DECODE_BATCH.value
+    if min(lengths) <= steps:
+        raise app.UsageError(f"every --lengths value must exceed --decode_steps={steps}")
+    rows = []
+    for length in lengths:
+        row = dict(length=length)
+        for mixer in retnet_video.MIXERS:
+            row[mixer] = _decoding(config, mixer, length, steps, batch, _REPEATS.value)
+        row["speedup_retention_vs_kv_cache"] = row["attention"]["ms_per_token"] / row["retention"]["ms_per_token"]
+        rows.append(row)
+        r, a = row["retention"], row["attention"]
+        print(f"length {length:>6}: retention {r['ms_per_token']:.3f} ms/token ({r['tokens_per_sec']:.0f} tok/s, "
+              f"decode memory {r['decode_memory_bytes'] / 2**20:.1f} MiB) | KV-cache attention "
+              f"{a['ms_per_token']:.3f} ms/token ({a['tokens_per_sec']:.0f} tok/s, "
+              f"{a['decode_memory_bytes'] / 2**20:.1f} MiB) | x{row['speedup_retention_vs_kv_cache']:.2f}",
+              flush=True)
+    return dict(decode_steps=steps, decode_batch=batch, model=config.keyframes_model.to_dict(), rows=rows)
 
 
 def _train_step_seconds(config, remat_policy, repeats):
@@ -196,6 +256,13 @@ def main(argv):
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     initialize_distributed(_CONFIG.value.get("distributed"))
     config = validate(_CONFIG.value)
+    if system(config) == "flashvideo":
+        result = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind,
+                      backend=jax.default_backend(), jax=jax.__version__, decoding=_decoding_benchmark(config))
+        with open(_OUT.value, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"-> {_OUT.value}")
+        return
     if _VS_DIFFUSERS.value:
         result = dict(date=datetime.date.today().isoformat(), device=jax.devices()[0].device_kind,
                       backend=jax.default_backend(), jax=jax.__version__, dit=config.dit.to_dict(),

@@ -60,10 +60,10 @@ def main(argv):
         raise app.UsageError("pass exactly one of --videos, --ground_truth or --checkpoint (with --config)")
     if _CHECKPOINT.value:
         from t2v_jax.config import validate
-        from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+        from t2v_jax.pipelines.load import load_pipeline
 
         config = validate(_CONFIG.value)
-        pipeline = TextToVideoPipeline.from_workdir(config, _CHECKPOINT.value)
+        pipeline = load_pipeline(config, _CHECKPOINT.value)
         prompts = test_prompts(config.data, _NUM.value, _SEED.value)
         scores, _ = generate_and_judge(pipeline, prompts, seed=_SEED.value)
         print(format_scores(scores))

@@ -4,6 +4,8 @@
       --prompt "a red 3 moving left" --prompt "a cyan 7 moving up" --out samples.mp4
   python scripts/sample.py --config configs/allegro_88x720p.py --checkpoint allegro_88x720p \
       --prompt "a seaside harbor at sunrise" --out a.mp4
+  python scripts/sample.py --config configs/flashvideo.py --checkpoint runs/flashvideo \
+      --prompt "a green 4 moving down" --out flash.gif
 
 --checkpoint is a --workdir of scripts/train.py, or a folder written by scripts/convert_allegro.py.
 The extension of --out picks the format (.mp4 or .gif).
@@ -18,10 +20,8 @@ from ml_collections import config_flags
 from t2v_jax.cli import quiet_library_logs
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.config import validate
-from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.io.video import video_grid, write_video
-from t2v_jax.pipelines.allegro import AllegroPipeline
-from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+from t2v_jax.pipelines.load import load_pipeline, sampling_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A scripts/train.py --workdir or a scripts/convert_allegro.py "
@@ -41,18 +41,14 @@ def main(argv):
     if os.path.splitext(_OUT.value)[1].lower() not in (".mp4", ".gif"):
         raise app.UsageError(f"--out must end in .mp4 or .gif, got {_OUT.value!r}")
     config = validate(_CONFIG.value)
-    if os.path.isfile(os.path.join(_CHECKPOINT.value, MANIFEST)):
-        pipeline = AllegroPipeline.from_converted(config, _CHECKPOINT.value)
-    else:
-        pipeline = TextToVideoPipeline.from_workdir(config, _CHECKPOINT.value)
+    pipeline = load_pipeline(config, _CHECKPOINT.value)
     start = time.perf_counter()
     videos = pipeline.generate(_PROMPTS.value, seed=_SEED.value)
     seconds = time.perf_counter() - start
     fps = _FPS.value or config.sampling.get("fps", 8)
     write_video(_OUT.value, video_grid(videos) if len(videos) > 1 else videos[0], fps=fps)
     print(f"{len(videos)} video(s) of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} "
-          f"in {seconds:.1f} s ({config.sampling.method}, {config.sampling.num_steps} steps, "
-          f"guidance {config.sampling.guidance_scale}) -> {_OUT.value}")
+          f"in {seconds:.1f} s ({sampling_summary(config)}) -> {_OUT.value}")
 
 
 if __name__ == "__main__":

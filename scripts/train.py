@@ -1,6 +1,8 @@
-"""Train the VAE and then the DiT + text encoder from one config.
+"""Train every stage of a system from one config: VAE then DiT + text encoder (latent diffusion), or
+video tokenizer then keyframe and interpolation decoders (FlashVideo).
 
   python scripts/train.py --config configs/quickstart.py --workdir runs/quickstart
+  python scripts/train.py --config configs/flashvideo.py --workdir runs/flashvideo
   python scripts/train.py --config configs/quickstart.py --workdir runs/q --stages dit \
       --config.train_dit.num_steps=2000
 
@@ -12,11 +14,12 @@ from ml_collections import config_flags
 
 from t2v_jax.cli import quiet_library_logs
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
-from t2v_jax.train.run import STAGES, train
+from t2v_jax.train.run import SYSTEM_STAGES, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard files go.")
-_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order: {list(STAGES)}.")
+_STAGES = flags.DEFINE_list("stages", None, f"Stages to run, in order (default: all of the config's system): "
+                            f"{dict(SYSTEM_STAGES)}.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -17,6 +17,7 @@ from t2v_jax.models import video_vae
 from t2v_jax.parallel.mesh import MESH_AXES, resolve_dcn_shape, resolve_mesh_shape
 from t2v_jax.parallel.rules import PRESETS
 
+SYSTEMS = ("latent_diffusion", "flashvideo")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16")
 
@@ -80,14 +81,19 @@ def validate_model(config):
     _require(text.num_heads * text.head_dim > 0, "text.encoder.num_heads", "must be positive")
 
 
-def validate_data(config):
-    data = config.data
+def validate_dataset(data):
+    """The dataset name, and the video geometry Bouncing Digits can render."""
     _one_of(data.name, "data.name", DATASET_NAMES)
     if data.name == "bouncing_digits":
         try:
             bouncing_digits.validate_geometry(data.num_frames, data.canvas)
         except ValueError as error:
             raise ConfigError(f"config.data ({data.num_frames} frames, {data.canvas} px): {error}") from None
+
+
+def validate_data(config):
+    data = config.data
+    validate_dataset(data)
     t_down = video_vae.temporal_compression(config.vae)
     s_down = video_vae.spatial_compression(config.vae)
     _require(data.num_frames > 0 and data.num_frames % t_down == 0, "data.num_frames",
@@ -123,8 +129,8 @@ def validate_diffusion(config):
              "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
 
 
-def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "train_dit")):
-    """Mesh against the device count, and the model and batch against the mesh, naming the numbers."""
+def _mesh_sizes(config, num_devices: int) -> dict:
+    """Size of every mesh axis (ICI x DCN) for `num_devices`, or a ConfigError naming the mesh field."""
     _one_of(config.mesh.preset, "mesh.preset", sorted(PRESETS))
     try:
         dcn = resolve_dcn_shape(config.mesh.get("dcn_shape", None))
@@ -135,14 +141,10 @@ def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "trai
         ici = resolve_mesh_shape(dict(config.mesh.shape), num_devices // slices)
     except ValueError as error:
         raise ConfigError(f"config.{error}") from None
-    sizes = {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}
-    _require(config.dit.num_heads % sizes["tensor"] == 0, "dit.num_heads",
-             f"{config.dit.num_heads} heads are not divisible by the tensor axis "
-             f"(mesh.shape.tensor={sizes['tensor']})")
-    tokens = num_dit_tokens(config)
-    _require(tokens % sizes["context"] == 0, "mesh.shape.context",
-             f"the DiT's {tokens} video tokens (grid {dit_token_grid(config)}) do not split over a context "
-             f"axis of {sizes['context']}")
+    return {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}
+
+
+def _check_batches(config, sizes: dict, batch_fields):
     data_parallel = sizes["data"] * sizes["fsdp"]
     for field in batch_fields:
         batch = config[field].batch_size
@@ -151,8 +153,72 @@ def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "trai
                  f"(mesh data {sizes['data']} x fsdp {sizes['fsdp']})")
 
 
+def _check_heads(num_heads: int, field: str, sizes: dict):
+    _require(num_heads % sizes["tensor"] == 0, field,
+             f"{num_heads} heads are not divisible by the tensor axis (mesh.shape.tensor={sizes['tensor']})")
+
+
+def validate_parallel(config, num_devices: int, batch_fields=("train_vae", "train_dit")):
+    """Mesh against the device count, and the model and batch against the mesh, naming the numbers."""
+    sizes = _mesh_sizes(config, num_devices)
+    _check_heads(config.dit.num_heads, "dit.num_heads", sizes)
+    tokens = num_dit_tokens(config)
+    _require(tokens % sizes["context"] == 0, "mesh.shape.context",
+             f"the DiT's {tokens} video tokens (grid {dit_token_grid(config)}) do not split over a context "
+             f"axis of {sizes['context']}")
+    _check_batches(config, sizes, batch_fields)
+
+
+def system(config) -> str:
+    """Which system a config builds: the latent diffusion stack (VAE + DiT) unless it says otherwise."""
+    return config.get("system", "latent_diffusion")
+
+
+def validate_flashvideo(config, num_devices: int):
+    """FlashVideo: tokenizer, keyframe stride, both decoders, caption budget, sampling and mesh."""
+    from t2v_jax.models import retnet_video, vq
+
+    data = config.data
+    validate_dataset(data)
+    vq.validate_config(config.vq, *video_size(data))
+    stride = config.flashvideo.keyframe_stride
+    _require(stride >= 1 and (data.num_frames - 1) % stride == 0, "flashvideo.keyframe_stride",
+             f"{data.num_frames} frames do not split into keyframes every {stride} frames "
+             f"(num_frames - 1 must be a multiple of the stride); allowed: "
+             f"{[k for k in range(1, data.num_frames) if (data.num_frames - 1) % k == 0] or [1]}")
+    sizes = _mesh_sizes(config, num_devices)
+    roles = ("keyframes", "interpolation") if stride > 1 else ("keyframes",)
+    for role in roles:
+        field = f"{role}_model"
+        model = config[field]
+        _one_of(model.mixer, f"{field}.mixer", retnet_video.MIXERS)
+        _one_of(model.attention, f"{field}.attention", IMPLEMENTATIONS)
+        _one_of(model.dtype, f"{field}.dtype", DTYPES)
+        _require(model.num_heads > 0 and model.width % model.num_heads == 0, f"{field}.num_heads",
+                 f"{model.num_heads} heads do not divide {field}.width={model.width}")
+        _require((model.width // model.num_heads) % 2 == 0, f"{field}.width",
+                 f"head dim {model.width}/{model.num_heads} must be even (rotation works on feature pairs)")
+        _check_heads(model.num_heads, f"{field}.num_heads", sizes)
+    text_length = config.text.max_length
+    if data.name == "bouncing_digits":
+        longest = max(len(bouncing_digits.caption(d, c, m)) for d in range(10)
+                      for c in bouncing_digits.COLOURS for m in bouncing_digits.DIRECTIONS)
+        _require(text_length > longest, "text.max_length",
+                 f"{text_length} tokens cannot hold the longest Bouncing Digits caption ({longest} bytes + eos); "
+                 f"set at least {longest + 1}")
+    sampling = config.sampling
+    _require(sampling.temperature >= 0, "sampling.temperature", f"must be >= 0, got {sampling.temperature}")
+    _require(sampling.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = no top-k), got {sampling.top_k}")
+    _one_of(sampling.prefill_mode, "sampling.prefill_mode", retnet_video.PREFILL_MODES)
+    _check_batches(config, sizes, ["train_vq"] + [f"train_{role}" for role in roles])
+
+
 def validate(config, num_devices: int | None = None):
     """Runs every check; call it before building models or compiling."""
+    _one_of(system(config), "system", SYSTEMS)
+    if system(config) == "flashvideo":
+        validate_flashvideo(config, num_devices or jax.device_count())
+        return config
     validate_model(config)
     validate_data(config)
     validate_diffusion(config)

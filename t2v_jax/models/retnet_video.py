@@ -39,7 +39,7 @@ FORCE_NONE = -1  # in a layout: this position is sampled, not forced
 
 def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
-        width=192, num_layers=4, num_heads=4, mlp_ratio=4, mixer="retention", value_factor=2,
+        width=128, num_layers=4, num_heads=4, mlp_ratio=4, mixer="retention", value_factor=2,
         chunk_size=64, attention="xla", dtype="float32"))
 
 

@@ -1,4 +1,4 @@
-"""The two training stages of the latent text-to-video system: VAE, then DiT + text encoder.
+"""Training stages: the latent system's VAE then DiT + text encoder; FlashVideo's tokenizer then decoders.
 
 Each stage is what `trainer.fit` needs: `init_params(rng)`, a pure `loss_fn(params, batch,
 rng)` and a host-side `prepare_batch`. The DiT stage encodes videos with the frozen VAE inside
@@ -11,7 +11,7 @@ import numpy as np
 
 from t2v_jax.diffusion.losses import diffusion_loss
 from t2v_jax.diffusion.schedules import make_schedule
-from t2v_jax.models import vq
+from t2v_jax.models import retnet_video, vq
 from t2v_jax.models.text_encoder import ByteTokenizer, T5Encoder
 from t2v_jax.models.video_dit import VideoDiT
 from t2v_jax.models.video_vae import VideoVAE, vae_encode
@@ -171,3 +171,65 @@ class VQStage:
         usage, perplexity = vq.codebook_usage(indices_bthw, self.codebook_size)
         psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
         return loss, {"mse": mse, "l1": l1, "psnr": psnr, "codebook_usage": usage, "perplexity": perplexity}
+
+
+class TokenDecoderStage:
+    """FlashVideo's decoders on the frozen tokenizer's codes: next-code cross-entropy after a prompt.
+
+    role "keyframes": prompt = the caption, targets = every keyframe (serial token + codes).
+    role "interpolation": prompt = the caption and the two keyframes around a random gap, targets =
+    the frames between them. Caption dropout swaps in the empty caption, for guidance.
+    """
+
+    def __init__(self, config, vq_params, role: str):
+        if role not in ("keyframes", "interpolation"):
+            raise ValueError(f"unknown decoder role {role!r}; allowed: ['keyframes', 'interpolation']")
+        self.name = role
+        self.config = config
+        self.stride = config.flashvideo.keyframe_stride
+        self.tokenizer = ByteTokenizer(config.text.max_length)
+        self.vq = vq.VideoTokenizer(config.vq)
+        self.vq_params = vq_params
+        self.vocab = retnet_video.Vocabulary(vq.codebook_size(config.vq), config.data.num_frames)
+        self.decoder = retnet_video.VideoDecoder(config[f"{role}_model"], self.vocab)
+        self.keyframes = retnet_video.keyframe_numbers(config.data.num_frames, self.stride)
+        null_ids, _ = self.tokenizer([""])
+        self.null_ids_l = null_ids[0]
+        height, width = config.data.canvas, config.data.get("width", config.data.canvas)
+        self.sequence_length = retnet_video.sequence_lengths(
+            config.text.max_length, config.data.num_frames, self.stride,
+            vq.tokens_per_frame(config.vq, height, width))[role]
+
+    def init_params(self, rng):
+        return self.decoder.init(rng, jnp.zeros((1, self.sequence_length - 1), jnp.int32))
+
+    def prepare_batch(self, batch):
+        ids, _ = self.tokenizer([str(c) for c in batch["caption"]])
+        return {"video": np.asarray(batch["video"], np.float32), "ids": ids}
+
+    def training_frames(self, batch: int, rng):
+        """(frame numbers (B, F) in sequence order, how many of them belong to the prompt).
+        Keyframes: all of them, none in the prompt. Interpolation: a random gap's two keyframes
+        (the prompt), then the frames between them."""
+        if self.name == "keyframes":
+            return jnp.broadcast_to(jnp.asarray(self.keyframes), (batch, len(self.keyframes))), 0
+        left_b = self.stride * jax.random.randint(rng, (batch,), 0, len(self.keyframes) - 1)
+        ends_b2 = jnp.stack([left_b, left_b + self.stride], axis=1)
+        return jnp.concatenate([ends_b2, retnet_video.gap_frames(left_b, self.stride)], axis=1), 2
+
+    def loss_fn(self, params, batch, rng):
+        dropout_rng, gap_rng = jax.random.split(rng)
+        video_bthwc = batch["video"]
+        frames_bf, prompt_frames = self.training_frames(video_bthwc.shape[0], gap_rng)
+        # Only the frames in the sequence are tokenized (frames are tokenized independently).
+        video_bfhwc = jnp.take_along_axis(video_bthwc, frames_bf[:, :, None, None, None], axis=1)
+        codes_bfhw = jax.lax.stop_gradient(self.vq.apply(self.vq_params, video_bfhwc, method=vq.VideoTokenizer.encode))
+        codes_bfn = codes_bfhw.reshape(codes_bfhw.shape[:2] + (-1,))
+        drop_b = jax.random.bernoulli(dropout_rng, self.config.text.caption_dropout, (codes_bfn.shape[0],))
+        text_bt = self.vocab.text(jnp.where(drop_b[:, None], self.null_ids_l[None], batch["ids"]))
+        tokens_bl = jnp.concatenate([text_bt, retnet_video.frame_blocks(codes_bfn, frames_bf, self.vocab)], axis=1)
+        prompt_length = text_bt.shape[1] + prompt_frames * (codes_bfn.shape[2] + 1)
+        logits_blc, _ = self.decoder.apply(params, tokens_bl[:, :-1])
+        targets_bl, mask_bl = retnet_video.code_targets(tokens_bl, prompt_length, self.vocab)
+        loss, accuracy = retnet_video.next_token_loss(logits_blc, targets_bl, mask_bl)
+        return loss, {"token_accuracy": accuracy}
