@@ -18,17 +18,9 @@ Result:   2026-11-21: 2600 steps in 282 s (compile and data included; 5-10 steps
 
 import ml_collections
 
+from t2v_jax.data.loader import bouncing_digits_config
 from t2v_jax.models import retnet_video, vq
-
-
-def train_config(**overrides) -> ml_collections.ConfigDict:
-    """Optimizer, logging and checkpoint settings shared by the stages."""
-    cfg = ml_collections.ConfigDict(dict(
-        num_steps=1000, batch_size=16, learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.1,
-        grad_clip=1.0, adam_b2=0.99, weight_decay=0.0, ema_decay=0.99, log_every=25,
-        checkpoint_every=250, keep_checkpoints=2))
-    cfg.update(overrides)
-    return cfg
+from t2v_jax.train.trainer import train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,9 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.data = ml_collections.ConfigDict(dict(
-        name="bouncing_digits", dir="data_cache", num_frames=9, canvas=16, train_size=8000,
-        test_size=512, seed=0, folder="", captions_file="", worker_count=0))
+    config.data = bouncing_digits_config(num_frames=9)
 
     # Tokenizer: 16x16 frames -> x4 -> 4x4 = 16 tokens per frame, 1000 FSQ codes (header: its reconstructions).
     config.vq = vq.default_config()
@@ -59,10 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.flashvideo = ml_collections.ConfigDict(dict(keyframe_stride=4))
     config.keyframes_model = retnet_video.default_config()
     config.interpolation_model = retnet_video.default_config()
-    config.train_keyframes = train_config(num_steps=1500, batch_size=32, learning_rate=1e-3)
-    config.train_interpolation = train_config(num_steps=800, batch_size=32, learning_rate=1e-3)
+    config.train_keyframes = train_config(num_steps=3500, batch_size=32, learning_rate=1e-3)
+    config.train_interpolation = train_config(num_steps=2000, batch_size=32, learning_rate=1e-3)
     config.sampling = ml_collections.ConfigDict(dict(
-        temperature=1.0, top_k=0, guidance_scale=3.0, interpolation_guidance_scale=1.0,
+        temperature=0.7, top_k=0, guidance_scale=3.0, interpolation_guidance_scale=1.0,
         prefill_mode="chunkwise", fps=8))
 
     config.mesh = ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, context=1, tensor=1), preset="dp"))

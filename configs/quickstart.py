@@ -11,17 +11,9 @@ Result:   2026-11-21: trained in 587 s (VAE 400 + DiT 1000 steps), 637 s in all 
 
 import ml_collections
 
+from t2v_jax.data.loader import bouncing_digits_config
 from t2v_jax.models import text_encoder, video_dit, video_vae
-
-
-def train_config(**overrides) -> ml_collections.ConfigDict:
-    """Optimizer, logging and checkpoint settings shared by both stages."""
-    cfg = ml_collections.ConfigDict(dict(
-        num_steps=1000, batch_size=16, learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.1,
-        grad_clip=1.0, adam_b2=0.99, weight_decay=0.0, ema_decay=0.99, log_every=25,
-        checkpoint_every=250, keep_checkpoints=2))
-    cfg.update(overrides)
-    return cfg
+from t2v_jax.train.trainer import train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,9 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.data = ml_collections.ConfigDict(dict(
-        name="bouncing_digits", dir="data_cache", num_frames=8, canvas=16, train_size=8000,
-        test_size=512, seed=0, folder="", captions_file="", worker_count=0))
+    config.data = bouncing_digits_config()
 
     config.vae = video_vae.default_config()
     config.vae.block_out_channels = (8, 16)

@@ -10,6 +10,7 @@ frame_stride (video_folder, default 1) and worker_count (grain worker processes,
 """
 
 import grain
+import ml_collections
 import numpy as np
 
 from t2v_jax.data import bouncing_digits, video_folder
@@ -18,6 +19,15 @@ DATASET_NAMES = ("bouncing_digits", "video_folder")
 LABEL_KEYS = ("digit", "colour", "direction")
 READ_THREADS = 4
 PREFETCH_RECORDS = 128
+
+
+def bouncing_digits_config(**overrides) -> ml_collections.ConfigDict:
+    """config.data for Bouncing Digits (16 px canvas, 8000 training videos), `overrides` applied."""
+    cfg = ml_collections.ConfigDict(dict(
+        name="bouncing_digits", dir="data_cache", num_frames=8, canvas=16, train_size=8000,
+        test_size=512, seed=0, folder="", captions_file="", worker_count=0))
+    cfg.update(overrides)
+    return cfg
 
 
 def make_builder(data_cfg):

@@ -15,6 +15,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from tqdm.auto import tqdm
 
@@ -39,6 +40,17 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     rng: jax.Array  # raw key data (uint32), so that checkpoints hold a plain array
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """A stage's optimizer, logging and checkpoint fields (CPU-sized defaults), `overrides` applied:
+    what `fit` and `make_optimizer` read from config.train_<stage>."""
+    cfg = ml_collections.ConfigDict(dict(
+        num_steps=1000, batch_size=16, learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.1,
+        grad_clip=1.0, adam_b2=0.99, weight_decay=0.0, ema_decay=0.99, log_every=25,
+        checkpoint_every=250, keep_checkpoints=2))
+    cfg.update(overrides)
+    return cfg
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
