@@ -182,10 +182,11 @@ def validate_flashvideo(config, num_devices: int):
     validate_dataset(data)
     vq.validate_config(config.vq, *video_size(data))
     stride = config.flashvideo.keyframe_stride
-    _require(stride >= 1 and (data.num_frames - 1) % stride == 0, "flashvideo.keyframe_stride",
-             f"{data.num_frames} frames do not split into keyframes every {stride} frames "
-             f"(num_frames - 1 must be a multiple of the stride); allowed: "
-             f"{[k for k in range(1, data.num_frames) if (data.num_frames - 1) % k == 0] or [1]}")
+    try:
+        retnet_video.keyframe_numbers(data.num_frames, stride)
+    except ValueError as error:
+        allowed = [k for k in range(1, data.num_frames) if (data.num_frames - 1) % k == 0] or [1]
+        raise ConfigError(f"config.flashvideo.keyframe_stride: {error}; allowed: {allowed}") from None
     sizes = _mesh_sizes(config, num_devices)
     roles = ("keyframes", "interpolation") if stride > 1 else ("keyframes",)
     for role in roles:

@@ -18,7 +18,6 @@ logits.
 """
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from t2v_jax.layers.attention import Attention, init_kv_cache
+from t2v_jax.layers.feed_forward import FeedForward
 from t2v_jax.layers.norms import RMSNorm
 from t2v_jax.layers.retention import MultiScaleRetention
 from t2v_jax.layers.rope import rope_frequencies
@@ -125,21 +125,6 @@ def next_token_loss(logits_blc, targets_bl, mask_bl):
     return (nll_bl * weight_bl).sum() / count, accuracy
 
 
-class FeedForward(nn.Module):
-    hidden: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_bld):
-        def dense(features, axes, name):
-            return nn.Dense(features, dtype=self.dtype, name=name,
-                            kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
-
-        h = nn.gelu(dense(self.hidden, ("embed", "mlp"), "fc1")(x_bld), approximate=True)
-        return dense(x_bld.shape[-1], ("mlp", "embed"), "fc2")(h)
-
-
 class DecoderBlock(nn.Module):
     """Pre-norm block: x + mixer(norm(x)), then x + ffn(norm(x)). `state` is the mixer's
     `RetentionState` or `KVCache`."""
@@ -166,7 +151,8 @@ class DecoderBlock(nn.Module):
             else:
                 h_bld, state = attend(h_bld, rope=(cos_ld, sin_ld, 1), cache=state)
         x_bld = x_bld + h_bld
-        x_bld = x_bld + FeedForward(cfg.mlp_ratio * cfg.width, dtype=dtype, name="ffn")(RMSNorm(name="ffn_norm")(x_bld))
+        x_bld = x_bld + FeedForward(cfg.mlp_ratio * cfg.width, dtype=dtype, kernel_init=nn.initializers.xavier_uniform(),
+                                    name="ffn")(RMSNorm(name="ffn_norm")(x_bld))
         return nn.with_logical_constraint(x_bld, ("batch", "length", "embed")), state
 
 

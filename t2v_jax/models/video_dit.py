@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from t2v_jax.layers.attention import Attention
+from t2v_jax.layers.feed_forward import FeedForward
 from t2v_jax.layers.embeddings import AdaLNSingle, PatchEmbed3D, modulate, unpatchify
 from t2v_jax.layers.norms import LayerNorm
 from t2v_jax.layers.rope import rope_3d
@@ -96,20 +97,6 @@ def _dense(features: int, axes, dtype, param_dtype, name: str,
                     kernel_init=nn.with_logical_partitioning(kernel_init, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
                     name=name)
-
-
-class FeedForward(nn.Module):
-    """Dense -> tanh-GELU -> Dense (diffusers FeedForward with activation_fn="gelu-approximate")."""
-
-    hidden: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_bld):
-        h = _dense(self.hidden, ("embed", "mlp"), self.dtype, self.param_dtype, "proj_in")(x_bld)
-        h = nn.gelu(h, approximate=True)
-        return _dense(x_bld.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, "proj_out")(h)
 
 
 class CaptionProjection(nn.Module):

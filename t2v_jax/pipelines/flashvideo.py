@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2v_jax.config import video_size
 from t2v_jax.io.video import to_uint8
 from t2v_jax.models import retnet_video, vq
 from t2v_jax.models.text_encoder import ByteTokenizer
@@ -49,7 +50,7 @@ class FlashVideoPipeline:
             raise ValueError(f"keyframe_stride={self.stride} needs the interpolation decoder's params")
         self.tokenizer = ByteTokenizer(config.text.max_length)
         self.vq = VideoTokenizer(config.vq)
-        self.token_grid = vq.token_grid(config.vq, config.data.canvas, config.data.canvas)
+        self.token_grid = vq.token_grid(config.vq, *video_size(config.data))
         self.tokens_per_frame = self.token_grid[0] * self.token_grid[1]
         self.vocab = retnet_video.Vocabulary(vq.codebook_size(config.vq), self.num_frames)
         self.keyframe_decoder = retnet_video.VideoDecoder(config.keyframes_model, self.vocab)

@@ -195,7 +195,9 @@ class TokenDecoderStage:
         self.keyframes = retnet_video.keyframe_numbers(config.data.num_frames, self.stride)
         null_ids, _ = self.tokenizer([""])
         self.null_ids_l = null_ids[0]
-        height, width = config.data.canvas, config.data.get("width", config.data.canvas)
+        from t2v_jax.config import video_size
+
+        height, width = video_size(config.data)
         self.sequence_length = retnet_video.sequence_lengths(
             config.text.max_length, config.data.num_frames, self.stride,
             vq.tokens_per_frame(config.vq, height, width))[role]
