@@ -10,7 +10,7 @@ Result:   a 88-frame mp4 at 15 fps; Euler ancestral, 100 steps, CFG 7.5, the off
           Seconds per step and peak memory: BENCHMARKS.md (pending: needs a GPU).
 """
 
-from t2v_jax.pipelines.allegro import allegro_config
+from t2v_jax.systems.allegro import allegro_config
 
 
 def get_config():

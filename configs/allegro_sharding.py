@@ -24,7 +24,7 @@ Result:   2026-11-21, tables in docs/sharding.md. Full size: per-device train st
 """
 
 from t2v_jax.models import text_encoder
-from t2v_jax.pipelines.allegro import allegro_config
+from t2v_jax.systems.allegro import allegro_config
 
 
 def get_config(arg: str = "cpu"):

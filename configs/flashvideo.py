@@ -11,18 +11,18 @@ Result:   2026-11-21, 256 test-set prompts (unseen glyphs), judge:
           tokenizer 331 s + keyframes 528 s + interpolation 407 s): all three 34.4%, digit 34.4%,
           colour 100%, direction 100%, identity consistency 32.2%.
 
-Tokenizer (config.vq, config.train_vq): 16x16 frames -> 4x4 = 16 tokens per frame of 1000 FSQ codes,
+Tokenizer (config.tokenizer, config.train_tokenizer): 16x16 frames -> 4x4 = 16 tokens per frame of 1000 FSQ codes,
 2600 steps in 282-331 s. On 256 test videos (sample_videos(256, "test", seed=1234)): PSNR 29.4 dB, 972
 of the 1000 codes used; the judge reads ground truth / reconstructions as digit 98.4% / 96.5%, colour and
 direction 100% / 100%, identity 0.998 / 0.954: the tokenizer's ceiling for the whole system. Tried and
-worse: 1600 steps (27.9 dB, digit 93.4%), + train_vq.l1_weight=0.2 (27.6 dB), channels (16, 32, 128)
+worse: 1600 steps (27.9 dB, digit 93.4%), + train_tokenizer.l1_weight=0.2 (27.6 dB), channels (16, 32, 128)
 (27.6 dB); 8x8 tokens were not needed.
 """
 
 import ml_collections
 
 from t2v_jax.data.loader import bouncing_digits_config
-from t2v_jax.models import retnet_video, vq
+from t2v_jax.models import fsq_tokenizer, retnet_video
 from t2v_jax.train.trainer import train_config
 
 
@@ -34,15 +34,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = bouncing_digits_config(num_frames=9)
 
     # Tokenizer: 16x16 frames -> x4 -> 4x4 = 16 tokens per frame, 1000 FSQ codes (header: its reconstructions).
-    config.vq = vq.default_config()
-    config.vq.channels = (16, 32, 64)
-    config.vq.num_res_blocks = 1
-    config.vq.norm_num_groups = 8
-    config.vq.levels = (8, 5, 5, 5)
+    config.tokenizer = fsq_tokenizer.default_config()
+    config.tokenizer.channels = (16, 32, 64)
+    config.tokenizer.num_res_blocks = 1
+    config.tokenizer.norm_num_groups = 8
+    config.tokenizer.levels = (8, 5, 5, 5)
 
     # frames_per_video=2: 32 videos x 2 random frames per step; frames are tokenized independently and
     # neighbouring frames differ by a 1 px shift, so more videos beat more frames of each for the same compute.
-    config.train_vq = train_config(num_steps=2600, batch_size=32, learning_rate=2e-3, log_every=100,
+    config.train_tokenizer = train_config(num_steps=2600, batch_size=32, learning_rate=2e-3, log_every=100,
                                    checkpoint_every=500, frames_per_video=2, l1_weight=0.0)
 
     config.system = "flashvideo"

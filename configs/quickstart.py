@@ -19,6 +19,7 @@ from t2v_jax.train.trainer import train_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()
+    config.system = "latent_diffusion"
     config.seed = 0
 
     config.data = bouncing_digits_config()

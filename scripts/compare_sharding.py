@@ -43,12 +43,14 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from t2v_jax.cli import quiet_library_logs  # noqa: E402
-from t2v_jax.config import ConfigError, dit_token_grid, latent_shape, validate_parallel  # noqa: E402
+from t2v_jax import cli, systems  # noqa: E402
+from t2v_jax.checks import ConfigError  # noqa: E402
+from t2v_jax.models.text_to_video import dit_token_grid, latent_shape  # noqa: E402
 from t2v_jax.parallel import flops, programs, report  # noqa: E402
 from t2v_jax.parallel.distributed import initialize as initialize_distributed  # noqa: E402
 from t2v_jax.parallel.mesh import MESH_AXES, mesh_from_config  # noqa: E402
 from t2v_jax.parallel.rules import PRESETS, logical_rules  # noqa: E402
+from t2v_jax.systems.latent_diffusion import validate_parallel  # noqa: E402
 
 # What each --steps name compiles, and its title in the printed tables.
 STEPS = {"train": ("train_step", programs.train_step_program, "DiT train step"),
@@ -92,7 +94,7 @@ def _compare_one(config, preset: str, shape: dict, steps, repeats: int, peak) ->
     config = config.copy_and_resolve_references()
     config.mesh.shape = dict(dict.fromkeys(MESH_AXES, 1), **shape)
     config.mesh.preset = preset
-    validate_parallel(config, num_devices, batch_fields=("train_dit",))
+    validate_parallel(config, num_devices, train_fields=("train_dit",))
     mesh = mesh_from_config(config.mesh)
     rules = logical_rules(preset)
     grid, text_len, batch = dit_token_grid(config), config.text.max_length, config.train_dit.batch_size
@@ -104,7 +106,7 @@ def _compare_one(config, preset: str, shape: dict, steps, repeats: int, peak) ->
         name, build, _ = STEPS[key]
         print(f"[{preset}] {name}: building and compiling", flush=True)
         start = time.perf_counter()
-        program = build(config, mesh, rules, abstract=repeats == 0)
+        program = build(systems.get(config).denoiser_stage(config), config, mesh, rules, abstract=repeats == 0)
         compiled = program.compile()
         result[name] = _analyse(program, compiled, name)
         result[name].update(compile_seconds=time.perf_counter() - start, model_flops=model_flops[name])
@@ -177,9 +179,11 @@ def _table(rows: list[dict], step: str) -> str:
 
 def main(argv):
     del argv
-    quiet_library_logs()
     config = _CONFIG.value
     initialize_distributed(config.get("distributed"))
+    if systems.get(config).denoiser_stage is None:
+        raise ValueError(f"system {systems.get(config).name!r} has no diffusion denoiser stage to compare "
+                         "sharding presets on (its System.denoiser_stage is None)")
     for flag, allowed in ((_PRESETS, PRESETS), (_STEPS, STEPS)):
         unknown = sorted(set(flag.value) - set(allowed))
         if unknown:
@@ -222,4 +226,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from t2v_jax.cli import quiet_library_logs
+from t2v_jax import cli
 from t2v_jax.convert.allegro import COMPONENTS, convert_allegro
 from t2v_jax.convert.safetensors_io import ConversionError
 
@@ -26,7 +26,6 @@ def main(argv=None) -> int:
     parser.add_argument("--components", default=",".join(COMPONENTS),
                         help=f"Comma-separated subset of {','.join(COMPONENTS)}.")
     args = parser.parse_args(argv)
-    quiet_library_logs()
     start = time.perf_counter()
     try:
         manifest = convert_allegro(args.diffusers_dir, args.out, dtype=args.dtype,

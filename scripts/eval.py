@@ -17,13 +17,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from t2v_jax.cli import quiet_library_logs
+from t2v_jax import cli
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
+from t2v_jax.config import validate
 from t2v_jax.data import bouncing_digits
 from t2v_jax.data.video_folder import read_captions
 from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
 from t2v_jax.eval.judge import Judge
 from t2v_jax.io.video import read_video, to_uint8
+from t2v_jax.pipelines.load import load_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "With --checkpoint: the config it was trained with.",
                                           lock_config=True)
@@ -54,14 +56,10 @@ def _load_folder(folder, prompts_path):
 
 def main(argv):
     del argv
-    quiet_library_logs()
     initialize_distributed(_CONFIG.value.get("distributed") if _CONFIG.value else None)
     if sum([_GROUND_TRUTH.value, bool(_VIDEOS.value), bool(_CHECKPOINT.value)]) != 1:
         raise app.UsageError("pass exactly one of --videos, --ground_truth or --checkpoint (with --config)")
     if _CHECKPOINT.value:
-        from t2v_jax.config import validate
-        from t2v_jax.pipelines.load import load_pipeline
-
         config = validate(_CONFIG.value)
         pipeline = load_pipeline(config, _CHECKPOINT.value)
         prompts = test_prompts(config.data, _NUM.value, _SEED.value)
@@ -83,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

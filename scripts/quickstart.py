@@ -10,13 +10,13 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from t2v_jax.cli import quiet_library_logs
+from t2v_jax import cli
 from t2v_jax.eval.evaluate import format_scores, generate_and_judge, test_prompts
 from t2v_jax.io.video import video_grid, write_video
-from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+from t2v_jax.pipelines.load import load_pipeline
 from t2v_jax.train.run import train
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "quickstart.py")
@@ -28,13 +28,12 @@ _GRID = flags.DEFINE_integer("grid", 8, "How many of the judged videos go into t
 
 def main(argv):
     del argv
-    quiet_library_logs()
     config, workdir = _CONFIG.value, _WORKDIR.value
     start = time.perf_counter()
     train(config, workdir)
     train_seconds = time.perf_counter() - start
 
-    pipeline = TextToVideoPipeline.from_workdir(config, workdir)
+    pipeline = load_pipeline(config, workdir)
     prompts = test_prompts(config.data, config.eval.num_prompts, config.eval.seed)
     scores, videos = generate_and_judge(pipeline, prompts, seed=config.eval.seed)
     grid = video_grid(videos[:_GRID.value], ncols=4)
@@ -52,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -17,7 +17,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from t2v_jax.cli import quiet_library_logs
+from t2v_jax import cli
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
 from t2v_jax.config import validate
 from t2v_jax.io.video import video_grid, write_video
@@ -36,7 +36,6 @@ flags.mark_flags_as_required(["config", "checkpoint", "prompt"])
 
 def main(argv):
     del argv
-    quiet_library_logs()
     initialize_distributed(_CONFIG.value.get("distributed"))
     if os.path.splitext(_OUT.value)[1].lower() not in (".mp4", ".gif"):
         raise app.UsageError(f"--out must end in .mp4 or .gif, got {_OUT.value!r}")
@@ -52,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

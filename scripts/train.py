@@ -9,23 +9,22 @@ video tokenizer then keyframe and interpolation decoders (FlashVideo).
 An interrupted run resumes from its last checkpoint when started again with the same workdir.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from t2v_jax.cli import quiet_library_logs
+from t2v_jax import cli
 from t2v_jax.parallel.distributed import initialize as initialize_distributed
-from t2v_jax.train.run import SYSTEM_STAGES, train
+from t2v_jax.train.run import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and TensorBoard files go.")
-_STAGES = flags.DEFINE_list("stages", None, f"Stages to run, in order (default: all of the config's system): "
-                            f"{dict(SYSTEM_STAGES)}.")
+_STAGES = flags.DEFINE_list("stages", None, "Stages to run, in order (default: all of the config's "
+                            "system's, e.g. vae,dit or tokenizer,keyframes,interpolation).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
-    quiet_library_logs()
     initialize_distributed(_CONFIG.value.get("distributed"))
     summary = train(_CONFIG.value, _WORKDIR.value, stages=_STAGES.value)
     for stage, metrics in summary.items():
@@ -34,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax.config import latent_shape
+from t2v_jax.models.text_to_video import latent_shape
 from t2v_jax.diffusion.samplers import timesteps
 from t2v_jax.models.video_vae import VideoVAE, vae_decode
 from t2v_jax.parallel import rules as sharding_rules

@@ -3,7 +3,8 @@
 import jax
 import pytest
 
-from t2v_jax.config import ConfigError, validate
+from t2v_jax.checks import ConfigError
+from t2v_jax.config import validate
 from tiny import load_config
 
 

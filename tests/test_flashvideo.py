@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2v_jax.config import ConfigError, validate
+from t2v_jax.checks import ConfigError
+from t2v_jax.config import validate
 from t2v_jax.models import retnet_video as rv
 from t2v_jax.pipelines.flashvideo import FlashVideoPipeline
+from t2v_jax.pipelines.load import load_pipeline
 from t2v_jax.train.run import train
 from t2v_jax.train.trainer import read_metrics
 from tiny import tiny_flashvideo_config
@@ -35,11 +37,11 @@ def trained(tmp_path_factory, data_dir):
 
 def test_three_stages_train_and_generate(trained):
     config, workdir, summary = trained
-    assert set(summary) == {"vq", "keyframes", "interpolation"}
+    assert set(summary) == {"tokenizer", "keyframes", "interpolation"}
     for stage in summary:
         losses = [m["loss"] for m in read_metrics(os.path.join(workdir, stage))]
         assert len(losses) == 4 and np.all(np.isfinite(losses))
-    pipeline = FlashVideoPipeline.from_workdir(config, workdir)
+    pipeline = load_pipeline(config, workdir)
     videos = pipeline.generate(PROMPTS, seed=0)
     assert videos.dtype == np.uint8 and videos.shape == (2, 9, 16, 16, 3)
     np.testing.assert_array_equal(videos, pipeline.generate(PROMPTS, seed=0))
@@ -53,8 +55,8 @@ def test_keyframes_then_frames_between_them(trained):
     config, workdir, _ = trained
     config = config.copy_and_resolve_references()
     config.sampling.update(temperature=0.0, guidance_scale=2.0, interpolation_guidance_scale=1.0)
-    params = FlashVideoPipeline.from_workdir(config, workdir).params
-    pipeline = FlashVideoPipeline(config, vq_params=params["vq"], keyframe_params=params["keyframes"],
+    params = load_pipeline(config, workdir).params
+    pipeline = FlashVideoPipeline(config, tokenizer_params=params["tokenizer"], keyframe_params=params["keyframes"],
                                   interpolation_params=params["interpolation"])
     codes_bfn = pipeline.generate_codes(PROMPTS, seed=0)
     vocab, n = pipeline.vocab, pipeline.tokens_per_frame
@@ -77,8 +79,9 @@ def test_keyframes_then_frames_between_them(trained):
 
 def test_prompt_over_the_caption_budget_is_refused(trained):
     config, workdir, _ = trained
-    pipeline = FlashVideoPipeline.from_workdir(config, workdir)
-    with pytest.raises(ValueError, match=r"config.text.max_length=32 holds 31 bytes"):
+    pipeline = load_pipeline(config, workdir)
+    with pytest.raises(ValueError, match=r"prompt 0 .* needs 51 tokens with eos, over the caption budget "
+                                         r"config.text.max_length=32"):
         pipeline.generate(["a magenta 7 moving right across a very long canvas"])
 
 

@@ -16,11 +16,11 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, HERE)
 import jax, numpy as np
 from tiny import tiny_config
-from t2v_jax.config import latent_shape
 from t2v_jax.parallel.mesh import make_mesh
 from t2v_jax.parallel.rules import unbox
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
-from t2v_jax.train.stages import TextToVideoModel, VAEStage
+from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
+from t2v_jax.train.stages import VAEStage
 
 def build(preset, shape):
     cfg = tiny_config("unused")

@@ -37,7 +37,10 @@ import numpy as np
 import pytest
 
 from multidevice_checks import BATCH, CHECKPOINT_FROM, CHECKPOINT_TO, MESHES, NUM_DEVICES, equivalence_config
-from t2v_jax.config import ConfigError, num_dit_tokens, validate, validate_parallel
+from t2v_jax.checks import ConfigError
+from t2v_jax.config import validate
+from t2v_jax.models.text_to_video import num_dit_tokens
+from t2v_jax.systems.latent_diffusion import validate_parallel
 from t2v_jax.parallel.mesh import MESH_AXES, resolve_mesh_shape
 from t2v_jax.parallel.rules import PRESETS
 

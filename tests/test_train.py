@@ -9,7 +9,7 @@ import pytest
 
 from t2v_jax.data.loader import make_loader
 from t2v_jax.eval.evaluate import generate_and_judge
-from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+from t2v_jax.pipelines.load import load_pipeline
 from t2v_jax.train.run import train
 from t2v_jax.train.stages import DiTStage, VAEStage
 from t2v_jax.train.trainer import fit, read_metrics, restore_params
@@ -60,7 +60,7 @@ def test_train_then_generate_and_judge(trained):
     assert summary["vae"]["step"] == summary["dit"]["step"] == 6
     vae_losses = [m["loss"] for m in read_metrics(os.path.join(workdir, "vae"))]
     assert np.all(np.isfinite(vae_losses))
-    pipeline = TextToVideoPipeline.from_workdir(config, workdir)
+    pipeline = load_pipeline(config, workdir)
     videos = pipeline.generate(["a red 3 moving left", "a blue 7 moving up"], seed=0)
     assert videos.dtype == np.uint8 and videos.shape == (2, 8, 16, 16, 3)
     again = pipeline.generate(["a red 3 moving left", "a blue 7 moving up"], seed=0)
@@ -100,6 +100,29 @@ def test_train_script_rejects_invalid_config_before_compiling(tmp_path, data_dir
     command = [sys.executable, os.path.join(REPO, "scripts", "train.py"), f"--config={config_path}",
                f"--workdir={tmp_path / 'run'}", "--config.dit.num_heads=5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "config.dit.num_heads: 5 heads do not divide dit.width=12" in result.stderr
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: config.dit.num_heads: 5 heads do not divide dit.width=12"), last_line
+    assert "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "run" / "vae")
+    verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True, timeout=120)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_sample_script_names_a_missing_checkpoint_in_one_line(tmp_path, data_dir):
+    config_path = _write_tiny_config(tmp_path, data_dir)
+    missing = tmp_path / "no_such_run"
+    command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), f"--config={config_path}",
+               f"--checkpoint={missing}", "--prompt=a red 3 moving left", f"--out={tmp_path / 'a.gif'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: no checkpoint under {missing / 'vae' / 'checkpoints'}"), last_line
+
+
+def test_prompt_over_the_caption_budget_is_refused(trained):
+    config, workdir, _ = trained
+    pipeline = load_pipeline(config, workdir)
+    with pytest.raises(ValueError, match=r"prompt 1 .* needs 26 tokens with eos, over the caption budget "
+                                         r"config.text.max_length=24"):
+        pipeline.generate(["a red 3 moving left", "a magenta 7 moving right!"])

@@ -36,10 +36,10 @@ def tiny_flashvideo_config(data_dir: str):
     config.data.dir = data_dir
     config.data.train_size = 64
     config.data.test_size = 16
-    config.vq.update(channels=(4, 8, 8), norm_num_groups=2, num_res_blocks=0, levels=(3, 3))
+    config.tokenizer.update(channels=(4, 8, 8), norm_num_groups=2, num_res_blocks=0, levels=(3, 3))
     for model in (config.keyframes_model, config.interpolation_model):
         model.update(width=16, num_layers=1, num_heads=2, chunk_size=8)
-    for train_cfg in (config.train_vq, config.train_keyframes, config.train_interpolation):
+    for train_cfg in (config.train_tokenizer, config.train_keyframes, config.train_interpolation):
         train_cfg.update(num_steps=4, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2)
     config.eval.num_prompts = 4
     return config

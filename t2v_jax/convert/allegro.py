@@ -1,6 +1,6 @@
 """A diffusers Allegro folder (transformer/, vae/, text_encoder/, tokenizer/) -> t2v_jax checkpoint.
 
-Output layout, read by `pipelines.allegro.AllegroPipeline.from_converted`:
+Output layout, read by `systems.allegro.load_converted`:
 
     OUT/transformer/    orbax params of VideoDiT
     OUT/vae/            orbax params of VideoVAE (always float32: Allegro's VAE loses detail in bf16)

@@ -13,6 +13,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from t2v_jax.checks import ConfigError, one_of
 from t2v_jax.data import bouncing_digits, video_folder
 
 DATASET_NAMES = ("bouncing_digits", "video_folder")
@@ -28,6 +29,16 @@ def bouncing_digits_config(**overrides) -> ml_collections.ConfigDict:
         test_size=512, seed=0, folder="", captions_file="", worker_count=0))
     cfg.update(overrides)
     return cfg
+
+
+def validate_data_config(data_cfg) -> None:
+    """The dataset name, and the video geometry Bouncing Digits can render."""
+    one_of(data_cfg.name, "data.name", DATASET_NAMES)
+    if data_cfg.name == "bouncing_digits":
+        try:
+            bouncing_digits.validate_geometry(data_cfg.num_frames, data_cfg.canvas)
+        except ValueError as error:
+            raise ConfigError(f"config.data ({data_cfg.num_frames} frames, {data_cfg.canvas} px): {error}") from None
 
 
 def make_builder(data_cfg):

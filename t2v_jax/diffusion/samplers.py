@@ -28,7 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2v_jax.checks import one_of, require
 from t2v_jax.diffusion.schedules import (
+    PREDICTION_TYPES,
+    SCHEDULE_KINDS,
     alphas_cumprod_at,
     check_prediction_type,
     expand_like,
@@ -38,6 +41,25 @@ from t2v_jax.diffusion.schedules import (
 )
 
 SAMPLERS = ("ddpm", "ddim", "euler_ancestral", "flow_euler")
+
+
+def validate_config(config) -> None:
+    """config.diffusion (schedule, target, weighting) and config.sampling against each other."""
+    diff, samp = config.diffusion, config.sampling
+    one_of(diff.schedule, "diffusion.schedule", SCHEDULE_KINDS)
+    one_of(diff.prediction_type, "diffusion.prediction_type", PREDICTION_TYPES)
+    one_of(samp.method, "sampling.method", SAMPLERS)
+    require(0 < samp.num_steps <= diff.num_train_steps, "sampling.num_steps",
+            f"must be in [1, diffusion.num_train_steps={diff.num_train_steps}], got {samp.num_steps}")
+    is_flow = diff.schedule == "flow"
+    require(is_flow == (diff.prediction_type == "flow"), "diffusion.prediction_type",
+            f"{diff.prediction_type!r} does not fit schedule {diff.schedule!r}: the flow schedule "
+            "trains 'flow' targets and the others 'eps', 'v' or 'x0'")
+    require(is_flow == (samp.method == "flow_euler"), "sampling.method",
+            f"{samp.method!r} does not fit schedule {diff.schedule!r}: use 'flow_euler' with 'flow' "
+            "and ddpm/ddim/euler_ancestral otherwise")
+    require(not (is_flow and diff.min_snr_gamma), "diffusion.min_snr_gamma",
+            "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
 
 
 def _check(method, prediction_type):

@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2v_jax.checks import one_of, require
+from t2v_jax.layers.dense import dense
 from t2v_jax.layers.rope import apply_rope
 from t2v_jax.parallel import rules as sharding_rules
 
@@ -58,6 +60,15 @@ def available_implementations() -> tuple[str, ...]:
     platform = _platform()
     return tuple(name for name in IMPLEMENTATIONS
                  if _REQUIRED_PLATFORM.get(name, platform) == platform)
+
+
+def check_implementation(name: str, field: str, *, allow_auto: bool = True) -> None:
+    """ConfigError naming `field` unless `name` is a kernel that runs on this backend."""
+    allowed = IMPLEMENTATIONS + (("auto",) if allow_auto else ())
+    one_of(name, field, allowed)
+    runnable = available_implementations() + (("auto",) if allow_auto else ())
+    require(name in runnable, field, f"{name!r} cannot run on this {jax.default_backend()} backend; available "
+                                     f"here: {list(runnable)}")
 
 
 def resolve_implementation(name: str, *, dtype=None, has_bias: bool = False) -> str:
@@ -413,14 +424,6 @@ def _streaming_bwd(causal, chunk, scale, residuals, dout_blhd):
 _streaming_attention.defvjp(_streaming_fwd, _streaming_bwd)
 
 
-def _dense(name, features, axes, kernel_init, module):
-    return nn.Dense(features, use_bias=module.use_bias, dtype=module.dtype,
-                    param_dtype=module.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-                    name=name)
-
-
 class KVCache(NamedTuple):
     """Keys and values of the positions so far, preallocated to the longest sequence; `pos`
     (int32 scalar) counts the filled positions and is where the next token's key goes."""
@@ -489,8 +492,11 @@ class Attention(nn.Module):
         source_bsd = x_bld if context_bsd is None else context_bsd
         inner = self.num_heads * self.head_dim
 
+        proj = functools.partial(dense, use_bias=self.use_bias, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+
         def project(name, inputs):
-            y = _dense(name, inner, ("embed", "heads"), self.kernel_init, self)(inputs)
+            y = proj(inner, ("embed", "heads"), kernel_init=self.kernel_init, name=name)(inputs)
             return y.reshape(y.shape[:-1] + (self.num_heads, self.head_dim))
 
         q_blhd = project("query", x_bld)
@@ -501,7 +507,7 @@ class Attention(nn.Module):
             q_blhd = apply_rope(q_blhd, cos_ld, sin_ld, num_chunks=num_chunks)
             k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks)
         out_features = self.out_features or x_bld.shape[-1]
-        out = _dense("out", out_features, ("heads", "embed"), self.out_kernel_init, self)
+        out = proj(out_features, ("heads", "embed"), kernel_init=self.out_kernel_init, name="out")
         if cache is not None:
             o_blhd, cache = _cached_attention(q_blhd, k_bshd, v_bshd, cache, implementation=self.implementation,
                                               chunk_size=self.chunk_size, scale=self.scale)

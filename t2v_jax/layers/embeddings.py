@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from t2v_jax.layers.dense import dense
+
 
 def timestep_embedding(t_b, dim: int, *, max_period: float = 10000, flip_sin_to_cos: bool = True,
                        downscale_freq_shift: float = 0.0):
@@ -30,13 +32,6 @@ def timestep_embedding(t_b, dim: int, *, max_period: float = 10000, flip_sin_to_
     return emb_bd
 
 
-def _dense(features: int, axes, module, name: str, kernel_init=nn.linear.default_kernel_init):
-    return nn.Dense(features, dtype=module.dtype, param_dtype=module.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-                    name=name)
-
-
 class TimestepEmbedder(nn.Module):
     """sinusoid(t) -> Dense -> SiLU -> Dense (diffusers TimestepEmbedding after Timesteps)."""
 
@@ -51,8 +46,10 @@ class TimestepEmbedder(nn.Module):
     def __call__(self, t_b):
         freq_bf = timestep_embedding(t_b, self.frequency_dim, flip_sin_to_cos=self.flip_sin_to_cos,
                                      downscale_freq_shift=self.downscale_freq_shift)
-        h_bw = _dense(self.width, (None, "mlp"), self, "linear_1")(freq_bf)
-        return _dense(self.width, ("mlp", "embed"), self, "linear_2")(nn.silu(h_bw))
+        h_bw = dense(self.width, (None, "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="linear_1")(freq_bf)
+        return dense(self.width, ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="linear_2")(nn.silu(h_bw))
 
 
 class AdaLNSingle(nn.Module):
@@ -72,7 +69,8 @@ class AdaLNSingle(nn.Module):
     def __call__(self, t_b):
         emb_bw = TimestepEmbedder(self.width, self.frequency_dim, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name="timestep_embedder")(t_b)
-        modulation = _dense(6 * self.width, ("embed", "mlp"), self, "linear")(nn.silu(emb_bw))
+        modulation = dense(6 * self.width, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                           name="linear")(nn.silu(emb_bw))
         return modulation.reshape(-1, 6, self.width), emb_bw
 
 
@@ -111,7 +109,8 @@ class PatchEmbed3D(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc):
         tokens_bln = patchify(x_bthwc, self.patch_thw)
-        return _dense(self.width, (None, "embed"), self, "proj")(tokens_bln)
+        return dense(self.width, (None, "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="proj")(tokens_bln)
 
 
 def modulate(x, shift, scale):

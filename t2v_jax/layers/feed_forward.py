@@ -1,9 +1,12 @@
 """The transformer feed-forward shared by the DiT and the FlashVideo decoder."""
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from t2v_jax.layers.dense import dense
 
 
 class FeedForward(nn.Module):
@@ -17,10 +20,6 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x_bld):
-        def dense(features, axes, name):
-            return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                            kernel_init=nn.with_logical_partitioning(self.kernel_init, axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
-
-        h = nn.gelu(dense(self.hidden, ("embed", "mlp"), "proj_in")(x_bld), approximate=True)
-        return dense(x_bld.shape[-1], ("mlp", "embed"), "proj_out")(h)
+        proj = functools.partial(dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.gelu(proj(self.hidden, ("embed", "mlp"), name="proj_in")(x_bld), approximate=True)
+        return proj(x_bld.shape[-1], ("mlp", "embed"), name="proj_out")(h)

@@ -26,12 +26,14 @@ The state is an explicit pytree (`RetentionState`) passed in and returned: prefi
 any mode, then continue in any other.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2v_jax.layers.dense import dense
 from t2v_jax.layers.norms import RMSNorm
 from t2v_jax.layers.rope import apply_rope
 
@@ -169,11 +171,6 @@ def _chunkwise(state, q_bhlk, k_bhlk, v_bhlv, log_decay_h, chunk_size: int):
     return state, jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
 
 
-def _dense(name, features, axes, kernel_init, module):
-    return nn.Dense(features, use_bias=False, dtype=module.dtype, param_dtype=module.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes), name=name)
-
-
 def _xavier(gain: float):
     """torchscale's `xavier_uniform_(weight, gain)`."""
     return nn.initializers.variance_scaling(gain ** 2, "fan_avg", "uniform")
@@ -217,15 +214,17 @@ class MultiScaleRetention(nn.Module):
         if state is None:
             state = self.initial_state(batch, embed)
 
+        proj = functools.partial(dense, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+
         def project(name, features, head_features, gain):
-            y = _dense(name, features, ("embed", "heads"), _xavier(gain), self)(x_bld)
+            y = proj(features, ("embed", "heads"), kernel_init=_xavier(gain), name=name)(x_bld)
             return y.reshape(batch, length, heads, head_features)
 
         q_blhk = project("q_proj", embed, key_dim, 2 ** -2.5)
         k_blhk = project("k_proj", embed, key_dim, 2 ** -2.5) * key_dim ** -0.5
         v_blhv = project("v_proj", embed * self.value_factor, value_dim, 2 ** -2.5)
-        g_bld = _dense("g_proj", embed * self.value_factor, ("embed", "heads"), _xavier(2 ** -2.5),
-                       self)(x_bld)
+        g_bld = proj(embed * self.value_factor, ("embed", "heads"), kernel_init=_xavier(2 ** -2.5),
+                     name="g_proj")(x_bld)
 
         cos_ld, sin_ld = retention_rotation(state.pos + jnp.arange(length), key_dim)
         q_bhlk, k_bhlk, v_bhlv = (
@@ -243,5 +242,6 @@ class MultiScaleRetention(nn.Module):
 
         o_blhv = RMSNorm(eps=self.eps, use_affine=False, name="group_norm")(jnp.swapaxes(o_bhlv, 1, 2))
         o_bld = nn.silu(g_bld.astype(jnp.float32)) * o_blhv.reshape(batch, length, heads * value_dim)
-        y_bld = _dense("out_proj", embed, ("heads", "embed"), _xavier(1.0), self)(o_bld.astype(self.dtype))
+        out = proj(embed, ("heads", "embed"), kernel_init=_xavier(1.0), name="out_proj")
+        y_bld = out(o_bld.astype(self.dtype))
         return y_bld, state

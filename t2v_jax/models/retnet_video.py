@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from t2v_jax.layers.attention import Attention, init_kv_cache
+from t2v_jax.layers.dense import dense
 from t2v_jax.layers.feed_forward import FeedForward
 from t2v_jax.layers.norms import RMSNorm
 from t2v_jax.layers.retention import MultiScaleRetention
@@ -196,9 +197,8 @@ class VideoDecoder(nn.Module):
                 x_bld, None if state is None else state[i], mode)
             layer_states.append(layer_state)
         x_bld = RMSNorm(name="final_norm")(x_bld)
-        logits_blc = nn.Dense(self.vocab.codebook_size, use_bias=False, dtype=jnp.dtype(cfg.dtype), name="head",
-                              kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                       ("embed", "vocab")))(x_bld)
+        logits_blc = dense(self.vocab.codebook_size, ("embed", "vocab"), kernel_init=nn.initializers.normal(0.02),
+                           use_bias=False, dtype=jnp.dtype(cfg.dtype), name="head")(x_bld)
         new_state = None if layer_states[0] is None else tuple(layer_states)
         return logits_blc.astype(jnp.float32), new_state
 

@@ -25,6 +25,7 @@ import numpy as np
 from flax import linen as nn
 
 from t2v_jax.layers.attention import attention
+from t2v_jax.layers.dense import dense
 from t2v_jax.layers.norms import RMSNorm
 
 
@@ -51,6 +52,10 @@ class ByteTokenizer:
             ids = [b + self.OFFSET for b in text.encode("utf-8")[: self.max_length - 1]] + [self.EOS_ID]
             ids_bl[i, : len(ids)] = ids
         return ids_bl, ids_bl != self.PAD_ID
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text needs, eos included, before any cut."""
+        return [len(text.encode("utf-8")) + 1 for text in texts]
 
     def decode(self, ids_l) -> str:
         """Inverse of tokenisation up to eos; a multi-byte character cut by truncation is dropped."""
@@ -150,6 +155,10 @@ class T5Tokenizer:
             mask_bl[i, : len(ids) + 1] = True
         return ids_bl, mask_bl
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text needs, eos included, before any cut."""
+        return [len(self.encode(text)) + 1 for text in texts]
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Small byte-level encoder trained with the video model.
@@ -211,10 +220,10 @@ def relative_position_bucket(relative_position, *, bidirectional=True, num_bucke
     return buckets + jnp.where(is_small, relative_position, if_large)
 
 
-def _dense(features, axes, stddev, cfg, name):
-    return nn.Dense(features, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype),
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes), name=name)
+def _t5_dense(features, axes, stddev, cfg, name):
+    """T5's projections: no bias, kernel ~ normal(stddev), the config's dtypes."""
+    return dense(features, axes, kernel_init=nn.initializers.normal(stddev), use_bias=False,
+                 dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
 
 def _rms_norm(cfg, name):
@@ -238,9 +247,10 @@ class T5SelfAttention(nn.Module):
         def heads(y):
             return y.reshape(y.shape[:-1] + (cfg.num_heads, cfg.head_dim))
 
-        q_blhd = heads(_dense(inner, ("embed", "heads"), (cfg.width * cfg.head_dim) ** -0.5, cfg, "q")(x_bld))
-        k_blhd = heads(_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "k")(x_bld))
-        v_blhd = heads(_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "v")(x_bld))
+        q_stddev = (cfg.width * cfg.head_dim) ** -0.5
+        q_blhd = heads(_t5_dense(inner, ("embed", "heads"), q_stddev, cfg, "q")(x_bld))
+        k_blhd = heads(_t5_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "k")(x_bld))
+        v_blhd = heads(_t5_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "v")(x_bld))
         if self.has_relative_attention_bias:
             length = x_bld.shape[1]
             positions = jnp.arange(length)
@@ -253,7 +263,7 @@ class T5SelfAttention(nn.Module):
         o_blhd = attention(q_blhd, k_blhd, v_blhd, kv_mask_bs=mask_bl, bias_bhls=bias_bhll, scale=1.0,
                            implementation=cfg.attention_implementation)
         o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
-        return _dense(cfg.width, ("heads", "embed"), inner**-0.5, cfg, "o")(o_bld), bias_bhll
+        return _t5_dense(cfg.width, ("heads", "embed"), inner**-0.5, cfg, "o")(o_bld), bias_bhll
 
 
 class T5LayerSelfAttention(nn.Module):
@@ -276,11 +286,11 @@ class T5DenseGatedActDense(nn.Module):
     @nn.compact
     def __call__(self, x_bld, deterministic):
         cfg = self.config
-        gate = _dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg, "wi_0")(x_bld)
-        h = nn.gelu(gate, approximate=True) * _dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg,
-                                                     "wi_1")(x_bld)
+        gate = _t5_dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg, "wi_0")(x_bld)
+        h = nn.gelu(gate, approximate=True) * _t5_dense(cfg.mlp_dim, ("embed", "mlp"), cfg.width**-0.5, cfg,
+                                                        "wi_1")(x_bld)
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-        return _dense(cfg.width, ("mlp", "embed"), cfg.mlp_dim**-0.5, cfg, "wo")(h)
+        return _t5_dense(cfg.width, ("mlp", "embed"), cfg.mlp_dim**-0.5, cfg, "wo")(h)
 
 
 class T5LayerFF(nn.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from t2v_jax.layers.attention import Attention
+from t2v_jax.layers.dense import dense
 from t2v_jax.layers.feed_forward import FeedForward
 from t2v_jax.layers.embeddings import AdaLNSingle, PatchEmbed3D, modulate, unpatchify
 from t2v_jax.layers.norms import LayerNorm
@@ -91,14 +92,6 @@ def _table_init(width: int):
     return init
 
 
-def _dense(features: int, axes, dtype, param_dtype, name: str,
-           kernel_init=nn.linear.default_kernel_init):
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-                    name=name)
-
-
 class CaptionProjection(nn.Module):
     """Text-encoder features -> width: Dense -> tanh-GELU -> Dense (PixArtAlphaTextProjection)."""
 
@@ -108,9 +101,11 @@ class CaptionProjection(nn.Module):
 
     @nn.compact
     def __call__(self, context_bld):
-        h = _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "linear_1")(context_bld)
+        h = dense(self.width, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="linear_1")(context_bld)
         h = nn.gelu(h, approximate=True)
-        return _dense(self.width, ("mlp", "embed"), self.dtype, self.param_dtype, "linear_2")(h)
+        return dense(self.width, ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="linear_2")(h)
 
 
 class DiTBlock(nn.Module):
@@ -196,6 +191,7 @@ class VideoDiT(nn.Module):
         shift_scale_b2w = (table_2w[None] + embedded_t_bw[:, None]).astype(dtype)
         h_bld = modulate(LayerNorm(eps=1e-6, use_affine=False, name="norm_out")(tokens_bld),
                          shift_scale_b2w[:, 0:1], shift_scale_b2w[:, 1:2])
-        out_bln = _dense(patch[0] * patch[1] * patch[2] * cfg.out_channels, ("embed", None), dtype,
-                         param_dtype, "proj_out", kernel_init=nn.initializers.zeros_init())(h_bld)
+        out_bln = dense(patch[0] * patch[1] * patch[2] * cfg.out_channels, ("embed", None),
+                        kernel_init=nn.initializers.zeros_init(), dtype=dtype, param_dtype=param_dtype,
+                        name="proj_out")(h_bld)
         return unpatchify(out_bln, grid_thw, patch, cfg.out_channels).astype(x_bthwc.dtype)

@@ -14,6 +14,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from t2v_jax.checks import ConfigError, one_of
+from t2v_jax.parallel.rules import PRESETS
+
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 
@@ -74,3 +77,19 @@ def make_mesh(shape: dict, devices=None, *, dcn_shape: dict | None = None) -> Me
 def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
     """The mesh a config's `mesh` section describes (`shape`, optional `dcn_shape`)."""
     return make_mesh(dict(mesh_cfg.shape), devices, dcn_shape=dict(mesh_cfg.get("dcn_shape", None) or {}))
+
+
+def mesh_sizes(mesh_cfg, num_devices: int) -> dict:
+    """Size of every mesh axis (ICI x DCN) for `num_devices`, or a ConfigError naming the mesh field;
+    what config validation checks models and batches against before anything compiles."""
+    one_of(mesh_cfg.preset, "mesh.preset", sorted(PRESETS))
+    try:
+        dcn = resolve_dcn_shape(mesh_cfg.get("dcn_shape", None))
+        slices = math.prod(dcn)
+        if num_devices % slices:
+            raise ValueError(f"mesh.dcn_shape spans {slices} slices, which does not divide the "
+                             f"{num_devices} devices")
+        ici = resolve_mesh_shape(dict(mesh_cfg.shape), num_devices // slices)
+    except ValueError as error:
+        raise ConfigError(f"config.{error}") from None
+    return {axis: i * d for axis, i, d in zip(MESH_AXES, ici, dcn)}

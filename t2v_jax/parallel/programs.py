@@ -17,19 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from t2v_jax.config import latent_shape, num_dit_tokens
 from t2v_jax.diffusion import samplers
+from t2v_jax.models.text_to_video import latent_shape, num_dit_tokens
 from t2v_jax.parallel import rules as sharding_rules
+from t2v_jax.parallel.rules import sharding_context
 from t2v_jax.train.checkpoint import abstract_on
-from t2v_jax.train.stages import DiTStage
-from t2v_jax.train.trainer import (
-    create_train_state,
-    jit_train_step,
-    make_optimizer,
-    make_rng,
-    sharding_context,
-    train_state_shardings,
-)
+from t2v_jax.train.trainer import create_train_state, jit_train_step, make_optimizer, make_rng, train_state_shardings
 
 CAPTION = "a red 3 moving left"
 
@@ -90,32 +83,30 @@ class Program:
         return self.lower().compile()
 
 
-def latent_loss_fn(stage: DiTStage) -> Callable:
+def latent_loss_fn(stage) -> Callable:
     """The DiT stage's loss on a batch of latents {"latents", "ids", "mask"} instead of videos."""
     return lambda params, batch, rng: stage.latent_loss(params, batch["latents"], batch["ids"], batch["mask"], rng)
 
 
-def synthetic_latent_batch(config, seed: int = 0) -> dict:
+def synthetic_latent_batch(stage, config, seed: int = 0) -> dict:
     """Host-side numpy batch of train_dit.batch_size standard-normal latents and one tokenised caption."""
     batch_size = config.train_dit.batch_size
-    stage_tokenizer = DiTStage(config, vae_params=None).model.tokenizer
-    ids_bl, mask_bl = stage_tokenizer([CAPTION] * batch_size)
+    ids_bl, mask_bl = stage.model.tokenizer([CAPTION] * batch_size)
     latents_bthwc = np.random.default_rng(seed).standard_normal((batch_size, *latent_shape(config)), np.float32)
     return {"latents": latents_bthwc, "ids": ids_bl, "mask": mask_bl}
 
 
-def train_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, seed: int = 0,
+def train_step_program(stage, config, mesh: Mesh, rules, *, abstract: bool = True, seed: int = 0,
                        donate: bool = True) -> Program:
-    """The DiT train step on latents with args (state, batch).
+    """The train step of a denoiser stage (the system's `denoiser_stage`) on latents, args (state, batch).
 
     abstract=True gives ShapeDtypeStructs (enough to compile and read memory and collectives);
     False initialises the state on its shardings and places a synthetic batch, to run and time it.
     """
-    stage = DiTStage(config, vae_params=None)
     optimizer = make_optimizer(config.train_dit)
     rng = make_rng(seed)
     state_shape, state_shardings = train_state_shardings(stage.init_params, optimizer, rng, mesh, rules)
-    batch = synthetic_latent_batch(config, seed)
+    batch = synthetic_latent_batch(stage, config, seed)
     if abstract:
         state = abstract_on(state_shape, state_shardings)
         batch = abstract_on(batch, jax.tree.map(lambda _: sharding_rules.batch_sharding(mesh), batch))
@@ -142,7 +133,7 @@ def denoising_step(model, config) -> Callable:
     return step
 
 
-def sampling_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, seed: int = 0) -> Program:
+def sampling_step_program(stage, config, mesh: Mesh, rules, *, abstract: bool = True, seed: int = 0) -> Program:
     """One guided denoising step with args (params, x_bthwc, t, t_prev, cond, uncond).
 
     params are the DiT's alone ({"dit": ...}: the caption is encoded once per sampling run, outside
@@ -150,7 +141,6 @@ def sampling_step_program(config, mesh: Mesh, rules, *, abstract: bool = True, s
     Real args are a random initialisation, noise and random caption features at the first
     DDIM timestep.
     """
-    stage = DiTStage(config, vae_params=None)
     model = stage.model
     rng = make_rng(seed)
     state_shape, state_shardings = train_state_shardings(stage.init_params, make_optimizer(config.train_dit),

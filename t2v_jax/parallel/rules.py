@@ -5,6 +5,7 @@ Models annotate parameters (`nn.with_logical_partitioning`) and activations
 axes. A preset is data, not a code path.
 """
 
+import contextlib
 import math
 
 import flax.linen as nn
@@ -103,3 +104,10 @@ def shard_batch(batch, mesh):
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x) if hasattr(x, "shape") else x,
         batch)
+
+
+@contextlib.contextmanager
+def sharding_context(mesh, rules):
+    """Mesh and logical rules in scope while tracing, for nn.with_logical_constraint."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -10,70 +10,38 @@ All three run as one `jax.jit` program per batch size on the config's mesh: two 
 `lax.scan` decoding loops and the decoder, with no per-token Python dispatch.
 """
 
-import functools
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax.config import video_size
+from t2v_jax.checks import video_size
 from t2v_jax.io.video import to_uint8
-from t2v_jax.models import retnet_video, vq
+from t2v_jax.models import fsq_tokenizer, retnet_video
+from t2v_jax.models.fsq_tokenizer import VideoTokenizer
 from t2v_jax.models.text_encoder import ByteTokenizer
-from t2v_jax.models.vq import VideoTokenizer
-from t2v_jax.parallel import rules as sharding_rules
-from t2v_jax.parallel.mesh import mesh_from_config
-from t2v_jax.train.stages import TokenDecoderStage, VQStage
-from t2v_jax.train.trainer import restore_params, sharding_context
+from t2v_jax.pipelines.base import Pipeline
 
 
-def check_prompts(prompts, max_length: int):
-    """Raises unless every prompt fits the caption budget (bytes plus eos); FlashVideo's caption is
-    part of the token sequence, so a longer one cannot be cut silently."""
-    for i, prompt in enumerate(prompts):
-        size = len(prompt.encode("utf-8"))
-        if size > max_length - 1:
-            raise ValueError(f"prompt {i} ({prompt!r}) is {size} bytes, over the caption budget: "
-                             f"config.text.max_length={max_length} holds {max_length - 1} bytes plus eos")
-
-
-class FlashVideoPipeline:
+class FlashVideoPipeline(Pipeline):
     """The video tokenizer and the two decoders of one FlashVideo system, with their params."""
 
-    def __init__(self, config, *, vq_params, keyframe_params, interpolation_params=None):
-        self.config = config
+    def __init__(self, config, *, tokenizer_params, keyframe_params, interpolation_params=None):
+        super().__init__(config, ByteTokenizer(config.text.max_length))
         self.stride = config.flashvideo.keyframe_stride
         self.num_frames = config.data.num_frames
         self.keyframes = retnet_video.keyframe_numbers(self.num_frames, self.stride)
         if self.stride > 1 and interpolation_params is None:
             raise ValueError(f"keyframe_stride={self.stride} needs the interpolation decoder's params")
-        self.tokenizer = ByteTokenizer(config.text.max_length)
-        self.vq = VideoTokenizer(config.vq)
-        self.token_grid = vq.token_grid(config.vq, *video_size(config.data))
+        self.video_tokenizer = VideoTokenizer(config.tokenizer)
+        self.token_grid = fsq_tokenizer.token_grid(config.tokenizer, *video_size(config.data))
         self.tokens_per_frame = self.token_grid[0] * self.token_grid[1]
-        self.vocab = retnet_video.Vocabulary(vq.codebook_size(config.vq), self.num_frames)
+        self.vocab = retnet_video.Vocabulary(fsq_tokenizer.codebook_size(config.tokenizer), self.num_frames)
         self.keyframe_decoder = retnet_video.VideoDecoder(config.keyframes_model, self.vocab)
         self.interpolation_decoder = retnet_video.VideoDecoder(config.interpolation_model, self.vocab)
-        self.params = dict(vq=vq_params, keyframes=keyframe_params, interpolation=interpolation_params)
-        self.mesh = mesh_from_config(config.mesh)
-        self.rules = sharding_rules.logical_rules(config.mesh.preset)
+        self.params = dict(tokenizer=tokenizer_params, keyframes=keyframe_params, interpolation=interpolation_params)
 
-    @classmethod
-    def from_workdir(cls, config, workdir: str, *, use_ema: bool = True):
-        """Loads the latest checkpoints of the three stages written by `scripts/train.py`."""
-        def restore(stage, train_cfg):
-            return restore_params(os.path.join(workdir, stage.name), stage, train_cfg, mesh_cfg=config.mesh,
-                                  use_ema=use_ema)
-
-        vq_params = restore(VQStage(config), config.train_vq)
-        keyframe_params = restore(TokenDecoderStage(config, vq_params, "keyframes"), config.train_keyframes)
-        interpolation_params = None
-        if config.flashvideo.keyframe_stride > 1:
-            interpolation_params = restore(TokenDecoderStage(config, vq_params, "interpolation"),
-                                           config.train_interpolation)
-        return cls(config, vq_params=vq_params, keyframe_params=keyframe_params,
-                   interpolation_params=interpolation_params)
+    def program(self, phase: str):
+        return self._generate
 
     def _decode_tokens(self, decoder, params, prompt_bp, uncond_bp, frames_bf, rng, guidance_scale):
         """Codes (B, F, N) of the frames numbered `frames_bf`, generated after `prompt_bp`."""
@@ -111,11 +79,7 @@ class FlashVideoPipeline:
                                           between_codes.reshape(batch, gaps, self.stride - 1, n)], axis=2)
             codes_bfn = jnp.concatenate([spans_bgfn.reshape(batch, -1, n), key_codes_bkn[:, -1:]], axis=1)
         codes_bthw = codes_bfn.reshape((batch, self.num_frames) + self.token_grid)
-        return self.vq.apply(params["vq"], codes_bthw, method=VideoTokenizer.decode), codes_bfn
-
-    @functools.lru_cache(maxsize=None)
-    def _compiled(self, count: int):
-        return jax.jit(self._generate, out_shardings=sharding_rules.split_or_replicated(self.mesh, count))
+        return self.video_tokenizer.apply(params["tokenizer"], codes_bthw, method=VideoTokenizer.decode), codes_bfn
 
     def generate(self, prompts, *, seed: int = 0) -> np.ndarray:
         """Returns uint8 videos (N, frames, H, W, 3), one per prompt."""
@@ -129,11 +93,7 @@ class FlashVideoPipeline:
 
     def _run(self, prompts, seed: int):
         prompts = list(prompts)
-        check_prompts(prompts, self.config.text.max_length)
-        ids_bt, _ = self.tokenizer(prompts)
+        ids_bt, _ = self.tokenize(prompts)
         null_bt, _ = self.tokenizer([""] * len(prompts))
-        batch_sharding = sharding_rules.split_or_replicated(self.mesh, len(prompts))
-        text_bt, null_text_bt = jax.device_put((self.vocab.text(ids_bt), self.vocab.text(null_bt)), batch_sharding)
-        rng = jax.device_put(jax.random.PRNGKey(seed), sharding_rules.replicated(self.mesh))
-        with sharding_context(self.mesh, self.rules):
-            return self._compiled(len(prompts))(self.params, text_bt, null_text_bt, rng)
+        return self.run("generate", self.params, (self.vocab.text(ids_bt), self.vocab.text(null_bt)),
+                        (jax.random.PRNGKey(seed),), count=len(prompts))

@@ -11,83 +11,47 @@ params stay where they were loaded.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax.config import latent_shape
 from t2v_jax.diffusion.samplers import sample
 from t2v_jax.io.video import to_uint8
+from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
 from t2v_jax.models.video_vae import VideoVAE, vae_decode
-from t2v_jax.parallel import rules as sharding_rules
-from t2v_jax.parallel.mesh import mesh_from_config
-from t2v_jax.train.stages import DiTStage, TextToVideoModel, VAEStage
-from t2v_jax.train.trainer import restore_params, sharding_context
+from t2v_jax.pipelines.base import Pipeline, free
 
 
-def free(tree) -> None:
-    """Releases the device memory of every array in `tree` now rather than at garbage collection."""
-    for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
-            leaf.delete()
-
-
-class TextToVideoPipeline:
-    """The tokenizer, text encoder, DiT and VAE of one system, with their params."""
+class TextToVideoPipeline(Pipeline):
+    """The tokenizer, text encoder, DiT and VAE of one latent system, with their params."""
 
     def __init__(self, config, *, tokenizer, text_encoder_params, dit_params, vae_params):
         """Params are Flax variables ({"params": ...}); `text_encoder_params` may instead be a
         zero-argument function that loads them (per `encode_prompts` call, freed after it)."""
-        self.config = config
+        super().__init__(config, tokenizer)
         self.model = TextToVideoModel(config)
-        self.tokenizer = tokenizer
         self.vae = VideoVAE(config.vae)
         self.text_encoder_params = text_encoder_params
         self.dit_params = dit_params
         self.vae_params = vae_params
         self.latent_shape = latent_shape(config)
-        self.mesh = mesh_from_config(config.mesh)
-        self.rules = sharding_rules.logical_rules(config.mesh.preset)
 
-    @functools.lru_cache(maxsize=None)
-    def _compiled(self, phase: str, count: int, method=None, num_steps=None):
-        """The jitted phase for `count` videos, its output placed on the batch sharding. Inputs
-        arrive committed to their shardings (params where they were loaded, batches split by
-        `_run`), which jit keeps."""
+    def program(self, phase: str, method=None, num_steps=None):
         if phase == "encode":
-            fn = lambda params, ids, mask: self.model.encode_text({"text_encoder": params}, ids, mask)
-        elif phase == "sample":
-            fn = functools.partial(self._sample_latents, method=method, num_steps=num_steps)
-        else:
-            fn = lambda params, latents: vae_decode(self.vae, params, latents)
-        return jax.jit(fn, out_shardings=sharding_rules.split_or_replicated(self.mesh, count))
-
-    def _run(self, phase: str, params, batch_args, other_args=(), *, count: int, **static):
-        """Runs a phase under the mesh and logical rules, batch arguments split over the data axes."""
-        batch_args = jax.device_put(tuple(batch_args), sharding_rules.split_or_replicated(self.mesh, count))
-        other_args = jax.device_put(tuple(other_args), sharding_rules.replicated(self.mesh))
-        with sharding_context(self.mesh, self.rules):
-            return self._compiled(phase, count, **static)(params, *batch_args, *other_args)
-
-    @classmethod
-    def from_workdir(cls, config, workdir: str, *, use_ema: bool = True):
-        """Loads the latest VAE and DiT checkpoints written by `scripts/train.py`."""
-        vae_params = restore_params(os.path.join(workdir, "vae"), VAEStage(config), config.train_vae,
-                                    mesh_cfg=config.mesh, use_ema=use_ema)
-        model_params = restore_params(os.path.join(workdir, "dit"), DiTStage(config, vae_params),
-                                      config.train_dit, mesh_cfg=config.mesh, use_ema=use_ema)
-        return cls(config, tokenizer=TextToVideoModel(config).tokenizer,
-                   text_encoder_params=model_params["text_encoder"], dit_params=model_params["dit"],
-                   vae_params=vae_params)
+            return lambda params, ids, mask: self.model.encode_text({"text_encoder": params}, ids, mask)
+        if phase == "sample":
+            return functools.partial(self._sample_latents, method=method, num_steps=num_steps)
+        if phase == "decode":
+            return lambda params, latents: vae_decode(self.vae, params, latents)
+        raise ValueError(f"unknown phase {phase!r}; the phases are encode, sample and decode")
 
     def encode_prompts(self, prompts) -> tuple[jax.Array, jax.Array]:
         """(embeddings_bld, mask_bl) for a list of prompts."""
-        ids_bl, mask_bl = self.tokenizer(list(prompts))
+        ids_bl, mask_bl = self.tokenize(prompts)
         loaded = callable(self.text_encoder_params)
         params = self.text_encoder_params() if loaded else self.text_encoder_params
-        embeddings_bld = self._run("encode", params, (ids_bl, mask_bl), count=len(ids_bl))
+        embeddings_bld = self.run("encode", params, (ids_bl, mask_bl), count=len(ids_bl))
         if loaded:
             embeddings_bld.block_until_ready()
             free(params)
@@ -116,12 +80,12 @@ class TextToVideoPipeline:
         elif tuple(initial_noise.shape) != (len(prompts), *self.latent_shape):
             raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected "
                              f"{(len(prompts), *self.latent_shape)} (prompts, *latent_shape)")
-        latents = self._run(
+        latents = self.run(
             "sample", self.dit_params, (cond, uncond, jnp.asarray(initial_noise, jnp.float32)),
             (sample_rng, jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
              jnp.float32(sampling.eta if eta is None else eta)),
             count=len(prompts), method=method or sampling.method, num_steps=num_steps or sampling.num_steps)
-        return to_uint8(jax.device_get(self._run("decode", self.vae_params, (latents,), count=len(prompts))))
+        return to_uint8(jax.device_get(self.run("decode", self.vae_params, (latents,), count=len(prompts))))
 
     def _conditions(self, prompts, negatives):
         """Prompts and negatives through the text encoder in one call, so a loaded encoder loads once."""

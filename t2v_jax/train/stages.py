@@ -5,23 +5,29 @@ rng)` and a host-side `prepare_batch`. The DiT stage encodes videos with the fro
 the jitted step, so any dataset works without a latent cache.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2v_jax.checks import video_size
 from t2v_jax.diffusion.losses import diffusion_loss
-from t2v_jax.diffusion.schedules import make_schedule
-from t2v_jax.models import retnet_video, vq
-from t2v_jax.models.text_encoder import ByteTokenizer, T5Encoder
-from t2v_jax.models.video_dit import VideoDiT
-from t2v_jax.models.video_vae import VideoVAE, vae_encode
+from t2v_jax.models import fsq_tokenizer, retnet_video
+from t2v_jax.models.text_encoder import ByteTokenizer
+from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
+from t2v_jax.models.video_vae import VideoVAE, kl_divergence, vae_encode
 
 
-def vae_loss_terms(recon_bthwc, video_bthwc, mean_bthwc, logvar_bthwc):
-    """Mean-squared reconstruction and the KL of N(mean, exp(logvar)) to N(0, 1), per element."""
-    reconstruction = jnp.mean(jnp.square(recon_bthwc - video_bthwc))
-    kl = 0.5 * jnp.mean(jnp.square(mean_bthwc) + jnp.exp(logvar_bthwc) - 1.0 - logvar_bthwc)
-    return reconstruction, kl
+def drop_captions(rng, rate: float, ids_bl, null_ids_l, mask_bl=None, null_mask_l=None):
+    """Caption dropout for classifier-free guidance: each row becomes the empty caption with
+    probability `rate`, so the model also learns the unconditional prediction. Returns (ids, mask);
+    the mask is None when none is given."""
+    drop_b = jax.random.bernoulli(rng, rate, (ids_bl.shape[0],))
+    ids_bl = jnp.where(drop_b[:, None], null_ids_l[None], ids_bl)
+    if mask_bl is not None:
+        mask_bl = jnp.where(drop_b[:, None], null_mask_l[None], mask_bl)
+    return ids_bl, mask_bl
 
 
 class VAEStage:
@@ -32,8 +38,7 @@ class VAEStage:
     def __init__(self, config):
         self.config = config
         self.vae = VideoVAE(config.vae)
-        data = config.data
-        self.video_shape = (1, data.num_frames, data.canvas, data.canvas, 3)
+        self.video_shape = (1, config.data.num_frames, *video_size(config.data), 3)
 
     def init_params(self, rng):
         sample_rng, param_rng = jax.random.split(rng)
@@ -44,39 +49,10 @@ class VAEStage:
 
     def loss_fn(self, params, batch, rng):
         recon, mean, logvar = self.vae.apply(params, batch["video"], rngs={"sample": rng})
-        reconstruction, kl = vae_loss_terms(recon, batch["video"], mean, logvar)
+        reconstruction = jnp.mean(jnp.square(recon - batch["video"]))
+        kl = jnp.mean(kl_divergence(mean, logvar)) / math.prod(mean.shape[1:])  # per latent element
         loss = reconstruction + self.config.train_vae.kl_weight * kl
         return loss, {"reconstruction": reconstruction, "kl": kl}
-
-
-class TextToVideoModel:
-    """The text encoder and DiT that train together, plus the tokenizer and noise schedule."""
-
-    def __init__(self, config):
-        self.config = config
-        self.tokenizer = ByteTokenizer(config.text.max_length)
-        self.text_encoder = T5Encoder(config.text.encoder)
-        self.dit = VideoDiT(config.dit)
-        d = config.diffusion
-        self.schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
-
-    def encode_text(self, params, ids_bl, mask_bl):
-        return self.text_encoder.apply(params["text_encoder"], ids_bl, mask_bl)
-
-    def denoise(self, params, x_bthwc, t_b, cond):
-        """The Denoiser interface: cond = (text embeddings, text mask)."""
-        context_bld, context_mask_bl = cond
-        return self.dit.apply(params["dit"], x_bthwc, t_b, context_bld, context_mask_bl)
-
-    def init_params(self, rng, latent_shape):
-        text_rng, dit_rng = jax.random.split(rng)
-        length = self.config.text.max_length
-        ids = jnp.zeros((1, length), jnp.int32)
-        mask = jnp.ones((1, length), bool)
-        text_params = self.text_encoder.init(text_rng, ids, mask)
-        context = jnp.zeros((1, length, self.config.text.encoder.width))
-        dit_params = self.dit.init(dit_rng, jnp.zeros((1, *latent_shape)), jnp.zeros((1,)), context, mask)
-        return {"text_encoder": text_params, "dit": dit_params}
 
 
 class DiTStage:
@@ -85,8 +61,6 @@ class DiTStage:
     name = "dit"
 
     def __init__(self, config, vae_params):
-        from t2v_jax.config import latent_shape
-
         self.config = config
         self.model = TextToVideoModel(config)
         self.vae = VideoVAE(config.vae)
@@ -111,9 +85,8 @@ class DiTStage:
     def latent_loss(self, params, latents_bthwc, ids_bl, mask_bl, rng):
         """Denoising loss on given latents; caption dropout swaps in the empty caption."""
         dropout_rng, diffusion_rng = jax.random.split(rng)
-        drop_b = jax.random.bernoulli(dropout_rng, self.config.text.caption_dropout, (latents_bthwc.shape[0],))
-        ids_bl = jnp.where(drop_b[:, None], self.null_ids_l[None], ids_bl)
-        mask_bl = jnp.where(drop_b[:, None], self.null_mask_l[None], mask_bl)
+        ids_bl, mask_bl = drop_captions(dropout_rng, self.config.text.caption_dropout, ids_bl, self.null_ids_l,
+                                        mask_bl, self.null_mask_l)
         cond = (self.model.encode_text(params, ids_bl, mask_bl), mask_bl)
         loss, _ = diffusion_loss(
             lambda x_t, t_b: self.model.denoise(params, x_t, t_b, cond), self.model.schedule, latents_bthwc,
@@ -122,31 +95,29 @@ class DiTStage:
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 
-class VQStage:
+class TokenizerStage:
     """FlashVideo's tokenizer: FSQ autoencoder trained on reconstruction alone.
 
     FSQ has no codebook or commitment loss (the grid is fixed and every code gets gradients through
-    the straight-through rounding), so the loss is MSE plus `train_vq.l1_weight` times L1. MSE is
+    the straight-through rounding), so the loss is MSE plus `train_tokenizer.l1_weight` times L1. MSE is
     the default because PSNR, what the tokenizer is judged on, is MSE. L1 is offered for data
     that is mostly flat background: MSE's gradient vanishes as small background errors shrink and L1's
     does not, which can clean up haze around sparse content. On Bouncing Digits 16x16 it bought
     nothing (1600 steps: PSNR 27.6 vs 27.9 dB, judge digit accuracy 93.4% either way), so
     configs/flashvideo.py leaves it at 0. No perceptual or adversarial terms, so it trains on a CPU.
-    `train_vq.frames_per_video` (0 = all) trains on that many random frames of each video.
+    `train_tokenizer.frames_per_video` (0 = all) trains on that many random frames of each video.
     Metrics: psnr (dB, on [-1, 1]), codebook_usage (fraction of codes present in the batch) and
     perplexity (exp entropy of the batch's code histogram).
     """
 
-    name = "vq"
+    name = "tokenizer"
 
     def __init__(self, config):
-        from t2v_jax.config import video_size
-
         self.config = config
         height, width = video_size(config.data)
-        vq.validate_config(config.vq, height, width)
-        self.tokenizer = vq.VideoTokenizer(config.vq)
-        self.codebook_size = vq.codebook_size(config.vq)
+        fsq_tokenizer.validate_config(config.tokenizer, height, width)
+        self.tokenizer = fsq_tokenizer.VideoTokenizer(config.tokenizer)
+        self.codebook_size = fsq_tokenizer.codebook_size(config.tokenizer)
         self.video_shape = (1, config.data.num_frames, height, width, 3)
 
     def init_params(self, rng):
@@ -157,7 +128,7 @@ class VQStage:
 
     def loss_fn(self, params, batch, rng):
         video_bthwc = batch["video"]
-        k = self.config.train_vq.get("frames_per_video", 0)
+        k = self.config.train_tokenizer.get("frames_per_video", 0)
         if k and k < video_bthwc.shape[1]:
             # Frames are tokenized independently and a video's frames are one glyph shifted by a pixel each, so
             # k random frames per video carry nearly all of the batch's information at k/T of the compute.
@@ -167,8 +138,8 @@ class VQStage:
         error = recon_bthwc - video_bthwc
         mse = jnp.mean(jnp.square(error))
         l1 = jnp.mean(jnp.abs(error))
-        loss = mse + self.config.train_vq.get("l1_weight", 0.0) * l1
-        usage, perplexity = vq.codebook_usage(indices_bthw, self.codebook_size)
+        loss = mse + self.config.train_tokenizer.get("l1_weight", 0.0) * l1
+        usage, perplexity = fsq_tokenizer.codebook_usage(indices_bthw, self.codebook_size)
         psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
         return loss, {"mse": mse, "l1": l1, "psnr": psnr, "codebook_usage": usage, "perplexity": perplexity}
 
@@ -181,26 +152,24 @@ class TokenDecoderStage:
     the frames between them. Caption dropout swaps in the empty caption, for guidance.
     """
 
-    def __init__(self, config, vq_params, role: str):
+    def __init__(self, config, tokenizer_params, role: str):
         if role not in ("keyframes", "interpolation"):
             raise ValueError(f"unknown decoder role {role!r}; allowed: ['keyframes', 'interpolation']")
         self.name = role
         self.config = config
         self.stride = config.flashvideo.keyframe_stride
         self.tokenizer = ByteTokenizer(config.text.max_length)
-        self.vq = vq.VideoTokenizer(config.vq)
-        self.vq_params = vq_params
-        self.vocab = retnet_video.Vocabulary(vq.codebook_size(config.vq), config.data.num_frames)
+        self.video_tokenizer = fsq_tokenizer.VideoTokenizer(config.tokenizer)
+        self.tokenizer_params = tokenizer_params
+        self.vocab = retnet_video.Vocabulary(fsq_tokenizer.codebook_size(config.tokenizer), config.data.num_frames)
         self.decoder = retnet_video.VideoDecoder(config[f"{role}_model"], self.vocab)
         self.keyframes = retnet_video.keyframe_numbers(config.data.num_frames, self.stride)
         null_ids, _ = self.tokenizer([""])
         self.null_ids_l = null_ids[0]
-        from t2v_jax.config import video_size
-
         height, width = video_size(config.data)
         self.sequence_length = retnet_video.sequence_lengths(
             config.text.max_length, config.data.num_frames, self.stride,
-            vq.tokens_per_frame(config.vq, height, width))[role]
+            fsq_tokenizer.tokens_per_frame(config.tokenizer, height, width))[role]
 
     def init_params(self, rng):
         return self.decoder.init(rng, jnp.zeros((1, self.sequence_length - 1), jnp.int32))
@@ -225,10 +194,10 @@ class TokenDecoderStage:
         frames_bf, prompt_frames = self.training_frames(video_bthwc.shape[0], gap_rng)
         # Only the frames in the sequence are tokenized (frames are tokenized independently).
         video_bfhwc = jnp.take_along_axis(video_bthwc, frames_bf[:, :, None, None, None], axis=1)
-        codes_bfhw = jax.lax.stop_gradient(self.vq.apply(self.vq_params, video_bfhwc, method=vq.VideoTokenizer.encode))
+        codes_bfhw = jax.lax.stop_gradient(self.video_tokenizer.apply(self.tokenizer_params, video_bfhwc, method=fsq_tokenizer.VideoTokenizer.encode))
         codes_bfn = codes_bfhw.reshape(codes_bfhw.shape[:2] + (-1,))
-        drop_b = jax.random.bernoulli(dropout_rng, self.config.text.caption_dropout, (codes_bfn.shape[0],))
-        text_bt = self.vocab.text(jnp.where(drop_b[:, None], self.null_ids_l[None], batch["ids"]))
+        ids_bt, _ = drop_captions(dropout_rng, self.config.text.caption_dropout, batch["ids"], self.null_ids_l)
+        text_bt = self.vocab.text(ids_bt)
         tokens_bl = jnp.concatenate([text_bt, retnet_video.frame_blocks(codes_bfn, frames_bf, self.vocab)], axis=1)
         prompt_length = text_bt.shape[1] + prompt_frames * (codes_bfn.shape[2] + 1)
         logits_blc, _ = self.decoder.apply(params, tokens_bl[:, :-1])

@@ -5,14 +5,12 @@ and `prepare_batch(numpy_batch)`; everything else (optimizer, sharding, logging,
 resume) lives here once.
 """
 
-import contextlib
 import json
 import os
 import time
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import mesh_from_config
+from t2v_jax.parallel.rules import sharding_context
 from t2v_jax.train.checkpoint import Checkpointer, abstract_like, abstract_on
 
 
@@ -82,13 +81,6 @@ def make_train_step(loss_fn, optimizer, ema_decay: float):
         return new_state, metrics
 
     return step_fn
-
-
-@contextlib.contextmanager
-def sharding_context(mesh, rules):
-    """Mesh and logical rules in scope while tracing, for nn.with_logical_constraint."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        yield
 
 
 def jit_train_step(loss_fn, optimizer, ema_decay: float, state_shardings, mesh, *, donate: bool = True):

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from t2v_jax.checks import require
 from t2v_jax.layers.norms import GroupNorm
 from t2v_jax.models.video_vae import _NORM_EPS, ResnetBlock2D, _constrain, _conv2d, _per_frame
 
@@ -73,29 +74,27 @@ def tokens_per_frame(cfg, height: int, width: int) -> int:
 
 
 def validate_config(cfg, height: int, width: int) -> None:
-    """Raises ConfigError naming the field (`config.vq.*`, `config.data.canvas`/`width`) and what is allowed."""
-    from t2v_jax.config import _require  # lazy: t2v_jax.config imports the models
-
+    """Raises ConfigError naming the field (`config.tokenizer.*`, `config.data.canvas`/`width`) and what is allowed."""
     levels = tuple(cfg.levels)
     integers = all(isinstance(level, numbers.Integral) and level >= 2 for level in levels)
-    _require(len(levels) > 0 and integers, "vq.levels",
+    require(len(levels) > 0 and integers, "tokenizer.levels",
              f"{levels} must be a non-empty tuple of integers >= 2, e.g. (8, 5, 5, 5) (1000 codes) or "
              "(7, 5, 5, 5, 5) (4375 codes)")
-    _require(codebook_size(cfg) < 2**31, "vq.levels", f"{levels} give {codebook_size(cfg)} codes; indices are "
+    require(codebook_size(cfg) < 2**31, "tokenizer.levels", f"{levels} give {codebook_size(cfg)} codes; indices are "
              "int32, so the product must stay below 2**31")
     channels = tuple(cfg.channels)
-    _require(len(channels) > 0 and all(c > 0 for c in channels), "vq.channels",
+    require(len(channels) > 0 and all(c > 0 for c in channels), "tokenizer.channels",
              f"{channels} must be a non-empty tuple of positive channel counts")
     for c in channels:
-        _require(c % cfg.norm_num_groups == 0, "vq.norm_num_groups",
-                 f"{cfg.norm_num_groups} groups do not divide vq.channels={channels}; allowed: common divisors "
+        require(c % cfg.norm_num_groups == 0, "tokenizer.norm_num_groups",
+                 f"{cfg.norm_num_groups} groups do not divide tokenizer.channels={channels}; allowed: common divisors "
                  f"{[g for g in range(1, min(channels) + 1) if all(x % g == 0 for x in channels)]}")
-    _require(cfg.num_res_blocks >= 0, "vq.num_res_blocks", f"must be >= 0, got {cfg.num_res_blocks}")
+    require(cfg.num_res_blocks >= 0, "tokenizer.num_res_blocks", f"must be >= 0, got {cfg.num_res_blocks}")
     factor = spatial_compression(cfg)
     for field, size in (("data.canvas", height), ("data.width", width)):
-        _require(size > 0 and size % factor == 0, field,
+        require(size > 0 and size % factor == 0, field,
                  f"{size} px is not divisible by the tokenizer's x{factor} downsampling "
-                 f"(len(vq.channels)={len(channels)} levels); allowed: positive multiples of {factor}")
+                 f"(len(tokenizer.channels)={len(channels)} levels); allowed: positive multiples of {factor}")
 
 
 def codebook_usage(indices, num_codes: int):
