@@ -134,8 +134,12 @@ class Setup:
         init_rng, self.train_rng = jax.random.split(self.rng)
         data = np.random.default_rng(0)
         # Parameters: random, of the init's shapes and about its scales, drawn on the host once.
-        params = _random_like(sharding_rules.unbox(jax.eval_shape(self.stage.init_params, init_rng)), data)
-        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+        abstract_params = sharding_rules.unbox(jax.eval_shape(self.stage.init_params, init_rng))
+        params = _random_like(abstract_params, data)
+        # The EMA starts as its own random tree (own generator: the draws above and below are unchanged),
+        # so that a step moves it by (1 - decay) * (params - ema), not by ~0 as when it equals params.
+        ema_params = _random_like(abstract_params, np.random.default_rng(1))
+        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                                 opt_state=jax.jit(self.optimizer.init)(params),
                                 rng=np.asarray(jax.random.key_data(self.train_rng)))
         self.params = params
@@ -274,17 +278,33 @@ def per_preset(placements, fn):
 
 def check_train(setup, placements, reference):
     """Loss and gradients (jax.value_and_grad of the loss, params on the preset's shardings) and
-    one trainer step (loss, grad norm, the whole new state) against the one-device results."""
-    batch = setup.batches[0]
-    ref_state, ref_metrics, ref_loss, ref_grads = reference.train_step(reference.put_state(setup.state), batch)
+    one trainer step (loss, grad norm, the whole new state, and how far it moved the params and the
+    EMA) against the one-device results.
+
+    The compared step is the second of training: the first runs at learning rate 0 (linear warmup
+    from 0) and would leave the params where they are. So every placement starts from the same
+    one-device state after a first step (moments filled, params unmoved), and the compared step
+    runs at learning rate / warmup_steps."""
+    start = jax.device_get(reference.train_step(reference.put_state(setup.state), setup.batches[0])[0])
+    batch = setup.batches[1]
+    ref_state, ref_metrics, ref_loss, ref_grads = reference.train_step(reference.put_state(start), batch)
+    ref_state = jax.device_get(ref_state)
+
+    def moved(state, tree):
+        return jax.tree.map(lambda new, old: np.asarray(new, np.float64) - np.asarray(old, np.float64),
+                            getattr(state, tree), getattr(start, tree))
 
     def check(preset, placement):
-        state, metrics, loss, grads = placement.train_step(placement.put_state(setup.state), batch)
+        state, metrics, loss, grads = placement.train_step(placement.put_state(start), batch)
+        state = jax.device_get(state)
         return {
             "loss": leaf_diffs(loss, ref_loss),
             "grads": leaf_diffs(grads, ref_grads),
             "step_metrics": leaf_diffs(metrics, ref_metrics),
             "step_state": leaf_diffs(state, ref_state),
+            "param_updates": leaf_diffs(moved(state, "params"), moved(ref_state, "params")),
+            "ema_updates": leaf_diffs(moved(state, "ema_params"), moved(ref_state, "ema_params")),
+            "start_step": int(start.step),
             "split_param_leaves": num_split_leaves(placement.param_shardings),
             "step_collectives": placement.step_collectives,
             "loss_value": float(loss),

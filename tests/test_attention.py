@@ -225,18 +225,49 @@ def test_attention_module_matches_manual_projection_with_rope():
     np.testing.assert_allclose(chunked_out, out, atol=1e-5)
 
 
-def test_attention_module_cross_attention_and_zero_out_init():
-    x = jnp.ones((2, 3, 8))
-    context = jnp.asarray(np.random.default_rng(13).normal(size=(2, 5, 6)), jnp.float32)
+def test_attention_module_cross_attention_matches_manual_projection():
+    """Cross-attention with a key mask and out_features, on random inputs and weights (the default
+    init, so no projection is zero): the module equals the projections done by hand around the numpy
+    reference, and the mask changes the masked row."""
+    rng = np.random.default_rng(13)
+    x = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+    context = jnp.asarray(rng.normal(size=(2, 5, 6)), jnp.float32)
     mask = jnp.asarray([[True] * 5, [True, True, False, False, False]])
-    layer = Attention(num_heads=2, head_dim=4, out_features=7, use_bias=False,
-                      out_kernel_init=jax.nn.initializers.zeros)
+    layer = Attention(num_heads=2, head_dim=4, out_features=7, use_bias=False)
     variables = jax.jit(lambda key: layer.init(key, x, context, kv_mask_bs=mask))(jax.random.key(1))
-    out = jax.jit(lambda v: layer.apply(v, x, context, kv_mask_bs=mask))(variables)
-    assert out.shape == (2, 3, 7)
-    np.testing.assert_array_equal(out, 0.0)
-    assert "bias" not in variables["params"]["query"]
-    assert variables["params"]["key"]["kernel"].value.shape == (6, 8)
+    apply = jax.jit(lambda v, mask: layer.apply(v, x, context, kv_mask_bs=mask))
+    out = apply(variables, mask)
+    params = nn.meta.unbox(variables["params"])
+    assert "bias" not in params["query"] and params["key"]["kernel"].shape == (6, 8)
+    assert all(np.abs(params[name]["kernel"]).min() > 0 for name in ("query", "key", "value", "out"))
+
+    def project(name, inputs):
+        return (np.asarray(inputs) @ params[name]["kernel"]).reshape(2, -1, 2, 4)
+
+    o = reference(project("query", x), project("key", context), project("value", context), mask)
+    want = o.reshape(2, 3, 8) @ params["out"]["kernel"]
+    np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+    unmasked = apply(variables, jnp.ones_like(mask))
+    np.testing.assert_allclose(unmasked[0], out[0], atol=1e-6)
+    assert np.abs(unmasked[1] - out[1]).min() > 1e-4
     with pytest.raises(ValueError, match="self-attention only"):
         cos, sin = rope_3d((1, 1, 3), 4 * 3)
         layer.apply(variables, x, context, rope=(cos, sin, 3))
+
+
+def test_zero_out_kernel_init_zeroes_only_the_output():
+    """out_kernel_init (LaVie's zero-initialised temporal attention) reaches the output projection and
+    nothing else: random inputs give an exactly zero output, and the query, key and value kernels are
+    the default init's (not zero)."""
+    rng = np.random.default_rng(14)
+    x = jnp.asarray(rng.normal(size=(2, 4, 8)), jnp.float32)
+    zero_out = Attention(num_heads=2, head_dim=4, out_kernel_init=jax.nn.initializers.zeros)
+    default = Attention(num_heads=2, head_dim=4)
+    variables = zero_out.init(jax.random.key(2), x)
+    params = nn.meta.unbox(variables["params"])
+    np.testing.assert_array_equal(zero_out.apply(variables, x), 0.0)
+    np.testing.assert_array_equal(params["out"]["kernel"], 0.0)
+    default_params = nn.meta.unbox(default.init(jax.random.key(2), x)["params"])
+    for name in ("query", "key", "value"):
+        np.testing.assert_array_equal(params[name]["kernel"], default_params[name]["kernel"])
+        assert np.abs(params[name]["kernel"]).min() > 0

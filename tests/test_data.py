@@ -74,6 +74,61 @@ def test_sampled_starts_keep_the_whole_digit_inside_and_bad_starts_are_rejected(
         bd.render_video(np.ones((8, 8)), "red", "left", (0, 0), num_frames=18, canvas=CANVAS)
 
 
+# The Bouncing Digits spec, written down here independently of the renderer's tables.
+SPEC_CHANNELS = dict(red=(1, 0, 0), green=(0, 1, 0), blue=(0, 0, 1), yellow=(1, 1, 0), cyan=(0, 1, 1),
+                     magenta=(1, 0, 1), white=(1, 1, 1))
+SPEC_STEP_XY = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # image y grows downwards
+
+
+def _spec_render(glyph_index, colour, direction, start_xy, num_frames, canvas):
+    """The spec, pixel by pixel: sklearn digit `glyph_index` (0..16) scaled to intensity/16, each of its
+    8x8 cells a (canvas/16)-px square, so the glyph is half the canvas; on-channels rint(255 * intensity),
+    the rest 0; glyph top-left at start_xy in frame 0, moving 1 px per frame."""
+    from sklearn.datasets import load_digits
+
+    glyph_88 = load_digits().images[glyph_index] / 16.0
+    cell = canvas // 16
+    (dx, dy), channels = SPEC_STEP_XY[direction], np.array(SPEC_CHANNELS[colour], bool)
+    video_thwc = np.zeros((num_frames, canvas, canvas, 3), np.uint8)
+    for t in range(num_frames):
+        left, top = start_xy[0] + t * dx, start_xy[1] + t * dy
+        for row in range(8):
+            for col in range(8):
+                y, x = top + row * cell, left + col * cell
+                video_thwc[t, y:y + cell, x:x + cell, channels] = round(glyph_88[row, col] * 255)
+    return video_thwc
+
+
+@pytest.mark.parametrize("num_frames, canvas", [(16, 32), (8, 16), (9, 16), (20, 64)])
+def test_sampled_videos_are_exactly_the_spec(num_frames, canvas):
+    """Every pixel of sampled videos equals the spec rendered from the sampled attributes; the whole glyph
+    stays inside in every frame, and the sampled starts reach both ends of the range that allows that."""
+    num_videos, seed = 24, 11
+    videos_nthwc, captions = bd.sample_videos(num_videos, "train", seed=seed, num_frames=num_frames, canvas=canvas)
+    for index in range(num_videos):
+        attributes = bd.sample_attributes(bd.example_rng(seed, "train", index), "train", num_frames=num_frames,
+                                          canvas=canvas)
+        colour, direction = bd.COLOURS[attributes["colour"]], bd.DIRECTIONS[attributes["direction"]]
+        want_thwc = _spec_render(attributes["glyph_index"], colour, direction, attributes["start_xy"], num_frames,
+                                 canvas)
+        np.testing.assert_array_equal(videos_nthwc[index], want_thwc)
+        assert captions[index] == f"a {colour} {attributes['digit']} moving {direction}"
+    # Starts: the glyph (canvas/2 px) inside the canvas in the first and the last frame, and nowhere else.
+    rng = np.random.default_rng(3)
+    reached = {}
+    for _ in range(1500):
+        attributes = bd.sample_attributes(rng, "train", num_frames=num_frames, canvas=canvas)
+        step_xy = np.array(SPEC_STEP_XY[bd.DIRECTIONS[attributes["direction"]]])
+        start_xy, end_xy = np.array(attributes["start_xy"]), np.array(attributes["start_xy"]) + (num_frames - 1) * step_xy
+        assert (np.minimum(start_xy, end_xy) >= 0).all() and (np.maximum(start_xy, end_xy) <= canvas // 2).all()
+        reached.setdefault(attributes["direction"], []).append(start_xy)
+    for direction, starts_k2 in reached.items():
+        travel_xy = (num_frames - 1) * np.array(SPEC_STEP_XY[bd.DIRECTIONS[direction]])
+        low_xy, high_xy = np.maximum(0, -travel_xy), canvas // 2 - np.maximum(0, travel_xy)
+        np.testing.assert_array_equal(np.min(starts_k2, axis=0), low_xy)
+        np.testing.assert_array_equal(np.max(starts_k2, axis=0), high_xy)
+
+
 def test_splits_use_disjoint_glyphs():
     train, test = bd.glyph_indices("train"), bd.glyph_indices("test")
     assert len(train) == 1437 and len(test) == 360
@@ -214,8 +269,10 @@ def test_video_folder_skips_and_counts_bad_clips(tmp_path):
         "\n"
         "carphone_pristine.mp4\ta man talks on the phone in a car\n"
     )
+    # Canvas 36: carphone's 176x144 frames cover 36x36 at exactly 44x36 (area filter, 4x4 pixel blocks),
+    # and the centre crop starts at column (44 - 36) / 2 = 4, a whole pixel, so the crop is checked exactly.
     cfg = ml_collections.ConfigDict(
-        dict(name="video_folder", dir=str(tmp_path / "tfds"), num_frames=16, canvas=32, train_size=0,
+        dict(name="video_folder", dir=str(tmp_path / "tfds"), num_frames=16, canvas=36, train_size=0,
              test_size=1, seed=0, folder=str(folder), captions_file="captions.tsv", frame_stride=2)
     )
     builder = loader.build_dataset(cfg)
@@ -228,13 +285,20 @@ def test_video_folder_skips_and_counts_bad_clips(tmp_path):
     test_record = builder.as_data_source(split="test")[0]
     assert test_record["caption"].decode() == "a man talks on the phone in a car"
     full_thwc = video_io.read_video(folder / "carphone_pristine.mp4")
+    assert full_thwc.shape[1:] == (144, 176, 3)
     start = (len(full_thwc) - 31) // 2
-    centre_thwc = full_thwc[start : start + 31 : 2, :, 16:160].astype(np.float64)
-    np.testing.assert_allclose(test_record["video"].mean(axis=(1, 2, 3)), centre_thwc.mean(axis=(1, 2, 3)), atol=3)
+    clip_thwc = full_thwc[start : start + 31 : 2].astype(np.float64)
+    covered_thwc = clip_thwc.reshape(16, 36, 4, 44, 4, 3).mean(axis=(2, 4))  # area filter to 44x36
+    stored_thwc = test_record["video"].astype(np.float64)
+    # Per pixel, up to ffmpeg scaling in YUV with half-resolution chroma (mean 1.5 levels measured); a crop
+    # one pixel off is about 15 levels off on average.
+    assert np.abs(stored_thwc - covered_thwc[:, :, 4:40]).mean() < 3
+    for shifted_thwc in (covered_thwc[:, :, 3:39], covered_thwc[:, :, 5:41]):
+        assert np.abs(stored_thwc - shifted_thwc).mean() > 10
 
     batch = next(iter(loader.make_loader(cfg, "train", batch_size=2, seed=0, num_epochs=1)))
     assert sorted(batch["caption"]) == ["a cartoon rabbit in a meadow", "cyclists ride past"]
-    assert batch["video"].shape == (2, 16, 32, 32, 3) and set(batch) == {"video", "caption"}
+    assert batch["video"].shape == (2, 16, 36, 36, 3) and set(batch) == {"video", "caption"}
     motion = np.abs(np.diff(batch["video"], axis=1)).mean()
     assert motion > 0.01
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2v_jax.layers.attention import Attention, init_kv_cache
+from t2v_jax.layers.attention import Attention, KVCache, init_kv_cache
 from t2v_jax.models import retnet_video as rv
 
 VOCAB = rv.Vocabulary(codebook_size=40, max_frames=9)
@@ -130,14 +130,38 @@ def test_keyframe_stride_errors_name_the_limit():
         rv.keyframe_numbers(8, 4)
 
 
+def test_kv_cache_decoding_equals_a_causal_pass():
+    """A causal prefill of 3 tokens, then one-token steps over a 9-slot static cache, give what one
+    causal pass over all 7 tokens gives. Random inputs, so that every mask gives a different output
+    (the causal pass differs from a bidirectional one); and the cache is tried both empty and with
+    garbage in every slot, so that the decode step must mask unwritten slots by position, not rely on
+    them holding zeros."""
+    batch, length, prompt, slots, heads, head_dim, width = 2, 7, 3, 9, 2, 4, 8
+    attend = Attention(num_heads=heads, head_dim=head_dim, causal=True)
+    x_bld = jax.random.normal(jax.random.key(0), (batch, length, width))
+    params = attend.init(jax.random.key(1), x_bld)
+    want_bld = attend.apply(params, x_bld)
+    bidirectional_bld = Attention(num_heads=heads, head_dim=head_dim).apply(params, x_bld)
+    assert (np.abs(want_bld - bidirectional_bld).max(axis=-1)[:, :-1] > 1e-3).all()
+    garbage_k, garbage_v = jax.random.normal(jax.random.key(3), (2, batch, slots, heads, head_dim))
+    step = jax.jit(lambda x_b1d, cache: attend.apply(params, x_b1d, cache=cache))
+    for cache in (init_kv_cache(batch, slots, heads, head_dim),
+                  KVCache(garbage_k, garbage_v, jnp.zeros((), jnp.int32))):
+        out_bld, cache = attend.apply(params, x_bld[:, :prompt], cache=cache)
+        assert int(cache.pos) == prompt
+        outputs = [out_bld]
+        for i in range(prompt, length):
+            out_b1d, cache = step(x_bld[:, i:i + 1], cache)
+            outputs.append(out_b1d)
+        assert int(cache.pos) == length
+        np.testing.assert_allclose(np.concatenate(outputs, 1), want_bld, atol=1e-5, rtol=1e-5)
+
+
 def test_kv_cache_rules():
     attend = Attention(num_heads=2, head_dim=4, causal=True, use_bias=False)
-    x_bld = jnp.ones((1, 3, 8))
+    x_bld = jax.random.normal(jax.random.key(0), (1, 3, 8))
     params = attend.init(jax.random.key(0), x_bld)
     cache = init_kv_cache(1, 5, 2, 4)
-    out, cache = attend.apply(params, x_bld, cache=cache)
-    assert int(cache.pos) == 3 and out.shape == (1, 3, 8)
-    np.testing.assert_allclose(out, attend.apply(params, x_bld), atol=1e-6)
     with pytest.raises(ValueError, match="causal self-attention only"):
         attend.apply(params, x_bld, context_bsd=x_bld, cache=cache)
     decoder, params, tokens_bl = _setup("attention")

@@ -21,6 +21,20 @@ def scores(x, y):
     return np.einsum("ld,md->lm", np.asarray(x[0, :, 0], np.float64), np.asarray(y[0, :, 0], np.float64))
 
 
+def reference_rotation(x_ld, positions_l, *, theta=10000.0, scale=1.0, interleaved=False):
+    """RoPE from its definition, in float64 complex numbers: feature pair j (features j and j + d/2
+    rotate-half, 2j and 2j + 1 interleaved) read as z = a + ib is multiplied by
+    exp(i * position / scale * theta ** (-2j / d))."""
+    x_ld = np.asarray(x_ld, np.float64)
+    dim = x_ld.shape[-1]
+    pairs = (slice(0, None, 2), slice(1, None, 2)) if interleaved else (slice(0, dim // 2), slice(dim // 2, None))
+    angles_lf = np.outer(np.asarray(positions_l, np.float64) / scale, theta ** (-np.arange(dim // 2) * 2.0 / dim))
+    z_lf = (x_ld[..., pairs[0]] + 1j * x_ld[..., pairs[1]]) * np.exp(1j * angles_lf)
+    out_ld = np.empty_like(x_ld)
+    out_ld[..., pairs[0]], out_ld[..., pairs[1]] = z_lf.real, z_lf.imag
+    return out_ld
+
+
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_1d_score_depends_only_on_offset(interleaved):
     dim, shift = 16, 5.5
@@ -33,10 +47,16 @@ def test_1d_score_depends_only_on_offset(interleaved):
         return apply_rope(x, cos, sin, interleaved=interleaved)
 
     for p_q in positions:
+        np.testing.assert_allclose(
+            rotated(q, p_q)[0, :, 0],
+            reference_rotation(q[0, :, 0], [p_q], scale=2.5, interleaved=interleaved), rtol=1e-5, atol=1e-5)
         for p_k in positions:
             base = scores(rotated(q, p_q), rotated(k, p_k))
             shifted = scores(rotated(q, p_q + shift), rotated(k, p_k + shift))
             np.testing.assert_allclose(shifted, base, rtol=1e-4, atol=1e-4)
+            want = scores(reference_rotation(q[0, :, 0], [p_q], scale=2.5, interleaved=interleaved)[None, :, None],
+                          reference_rotation(k[0, :, 0], [p_k], scale=2.5, interleaved=interleaved)[None, :, None])
+            np.testing.assert_allclose(base, want, rtol=1e-4, atol=1e-4)
     near = scores(rotated(q, 0.0), rotated(k, 1.0))
     far = scores(rotated(q, 0.0), rotated(k, 9.0))
     assert abs(near - far).max() > 1e-2
@@ -44,8 +64,10 @@ def test_1d_score_depends_only_on_offset(interleaved):
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_3d_score_depends_only_on_offset_along_each_axis(axis):
-    grid, head_dim = (4, 5, 6), 24
-    cos, sin = rope_3d_jit(grid, head_dim, interpolation_scale=(2.2, 2.0, 2.0))
+    """Every token pair's score equals the definition's (one 1D rotation per axis on its third of the
+    features), and shifting two distinct tokens together along one axis keeps their score."""
+    grid, head_dim, scales = (4, 5, 6), 24, (2.2, 2.0, 2.0)
+    cos, sin = rope_3d_jit(grid, head_dim, interpolation_scale=scales)
     length = int(np.prod(grid))
     q = jnp.broadcast_to(vectors(2, 1, head_dim), (1, length, 1, head_dim))
     k = jnp.broadcast_to(vectors(3, 1, head_dim), (1, length, 1, head_dim))
@@ -55,7 +77,16 @@ def test_3d_score_depends_only_on_offset_along_each_axis(axis):
         t, h, w = thw
         return (t * grid[1] + h) * grid[2] + w
 
-    pairs = [((0, 1, 2), (2, 3, 1)), ((1, 0, 0), (0, 3, 4)), ((0, 2, 3), (0, 2, 3))]
+    thw_l3 = np.stack(np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"), axis=-1).reshape(-1, 3)
+    chunk = head_dim // 3
+
+    def reference(x):
+        x_ld = np.broadcast_to(np.asarray(x[0, :, 0]), (length, head_dim))
+        return np.concatenate([reference_rotation(x_ld[:, i * chunk:(i + 1) * chunk], thw_l3[:, i], scale=scales[i])
+                               for i in range(3)], axis=-1)
+
+    np.testing.assert_allclose(s, reference(q) @ reference(k).T, rtol=1e-4, atol=1e-4)
+    pairs = [((0, 1, 2), (2, 3, 1)), ((1, 0, 0), (0, 3, 4)), ((2, 0, 4), (1, 1, 0))]
     step = np.eye(3, dtype=int)[axis]
     for a, b in pairs:
         a_shifted, b_shifted = tuple(np.add(a, step)), tuple(np.add(b, step))

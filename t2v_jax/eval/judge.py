@@ -8,6 +8,11 @@ window and its four 1 px shifted neighbours; the video's digit has the highest l
 frames and windows. Colour is the nearest palette entry to the channel ratios of the bright pixels; direction
 is the dominant axis and sign of a straight-line fit to the centroid track.
 
+A frame shows a digit only when some pixel reaches FOUND_BRIGHTNESS; other frames (black, or faint noise) are
+left out of the digit vote and the track fit and count as identity failures. A video with no such frame has no
+digit, colour or direction (predicted as -1), so a blank video scores 0 on every attribute; one with a single
+such frame has no direction.
+
 Fitting takes ~15 s on two CPU cores, so fitted parameters are cached per process and on disk, under
 $XDG_CACHE_HOME/t2v_jax (default ~/.cache) in a file named by a hash of everything that determines them.
 """
@@ -31,6 +36,8 @@ from t2v_jax.data import bouncing_digits
 
 BRIGHT_FRACTION = 0.5  # pixels at least this fraction of the video's peak brightness decide the colour
 TRACK_FRACTION = 0.25  # pixels below this fraction of the frame's peak are ignored when tracking
+FOUND_BRIGHTNESS = 0.25  # a frame shows a digit when some pixel is at least this bright (max over RGB, 1 = 255)
+NOT_FOUND = -1  # predicted digit, colour or direction where no digit was found
 CROP_JITTER_XY = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # crop offsets trained on and averaged over
 PREDICT_CHUNK = 2048  # windows per forward pass: bounds the im2col memory (~100 MB) whatever the video count
 CAPTION_PATTERN = re.compile(r"^\s*an?\s+([a-z]+)\s+(\d)\s+moving\s+([a-z]+)\s*\.?\s*$", re.IGNORECASE)
@@ -300,8 +307,10 @@ class Judge:
         return cls(params=_fitted_params(canvas, seed, recipe), canvas=canvas, recipe=recipe)
 
     def _frame_log_probs(self, videos_nthwc_uint8):
-        """(N, T, 10) digit log-probabilities of each frame, summed over the shifted windows; and the track."""
+        """(N, T, 10) digit log-probabilities of each frame, summed over the shifted windows; the track; and
+        (N, T) whether each frame shows a digit at all."""
         brightness_nthw = _brightness(videos_nthwc_uint8)
+        found_nt = brightness_nthw.max(axis=(-2, -1)) >= FOUND_BRIGHTNESS
         track_nt2 = centroid_track(brightness_nthw)
         windows_ntv64 = np.stack(
             [glyph_features(brightness_nthw, track_nt2 + np.array(xy)) for xy in CROP_JITTER_XY], axis=2
@@ -313,10 +322,11 @@ class Judge:
             [_log_probs(self.params, chunk_c88, self.recipe) for chunk_c88 in np.split(
                 padded_m88, len(padded_m88) // PREDICT_CHUNK)]
         )[:num_windows]
-        return log_probs_m10.reshape(windows_ntv64.shape[:3] + (10,)).sum(axis=2), track_nt2
+        return log_probs_m10.reshape(windows_ntv64.shape[:3] + (10,)).sum(axis=2), track_nt2, found_nt
 
     def predict(self, videos_nthwc_uint8):
-        """dict of int arrays: digit (N,), colour (N,), direction (N,), frame_digits (N, T)."""
+        """dict of arrays: digit (N,), colour (N,), direction (N,), frame_digits (N, T) (ints, NOT_FOUND = -1
+        where no digit was found: in the frame, or in any frame of the video) and frame_found (N, T) bools."""
         videos_nthwc_uint8 = np.asarray(videos_nthwc_uint8)
         expected_hwc = (self.canvas, self.canvas, 3)
         if videos_nthwc_uint8.dtype != np.uint8 or videos_nthwc_uint8.shape[2:] != expected_hwc:
@@ -324,16 +334,21 @@ class Judge:
                 f"judge fitted for uint8 (N, T, {self.canvas}, {self.canvas}, 3), got "
                 f"{videos_nthwc_uint8.dtype} {videos_nthwc_uint8.shape}"
             )
-        log_probs_nt10, track_nt2 = self._frame_log_probs(videos_nthwc_uint8)
+        log_probs_nt10, track_nt2, found_nt = self._frame_log_probs(videos_nthwc_uint8)
+        any_found_n = found_nt.any(axis=1)
+        digit_n = np.where(found_nt[..., None], log_probs_nt10, 0.0).sum(axis=1).argmax(axis=-1)
+        colour_n = _predict_colour(videos_nthwc_uint8, _brightness(videos_nthwc_uint8))
         return dict(
-            digit=log_probs_nt10.sum(axis=1).argmax(axis=-1),
-            colour=_predict_colour(videos_nthwc_uint8, _brightness(videos_nthwc_uint8)),
-            direction=_predict_direction(track_nt2),
-            frame_digits=log_probs_nt10.argmax(axis=-1),
+            digit=np.where(any_found_n, digit_n, NOT_FOUND),
+            colour=np.where(any_found_n, colour_n, NOT_FOUND),
+            direction=_predict_direction(track_nt2, found_nt),
+            frame_digits=np.where(found_nt, log_probs_nt10.argmax(axis=-1), NOT_FOUND),
+            frame_found=found_nt,
         )
 
     def score(self, videos_nthwc_uint8, prompts):
-        """Accuracy of digit, colour, direction, all three at once, and per-frame identity consistency."""
+        """Accuracy of digit, colour, direction, all three at once, and per-frame identity consistency: the
+        fraction of frames that show a digit and read as the video's digit."""
         prompts = list(prompts)
         if len(prompts) != len(videos_nthwc_uint8):
             raise ValueError(f"{len(videos_nthwc_uint8)} videos but {len(prompts)} prompts")
@@ -342,7 +357,8 @@ class Judge:
         digit_ok = predicted["digit"] == targets_n3[:, 0]
         colour_ok = predicted["colour"] == targets_n3[:, 1]
         direction_ok = predicted["direction"] == targets_n3[:, 2]
-        consistency_n = (predicted["frame_digits"] == predicted["digit"][:, None]).mean(axis=1)
+        consistent_nt = predicted["frame_found"] & (predicted["frame_digits"] == predicted["digit"][:, None])
+        consistency_n = consistent_nt.mean(axis=1)
         return dict(
             digit=float(digit_ok.mean()),
             colour=float(colour_ok.mean()),
@@ -363,13 +379,19 @@ def _predict_colour(videos_nthwc_uint8, brightness_nthw):
     return distances_nk.argmin(axis=-1)
 
 
-def _predict_direction(track_nt2):
-    """Dominant axis and sign of the least-squares velocity of the centroid (image y grows downwards)."""
+def _predict_direction(track_nt2, found_nt):
+    """Dominant axis and sign of the least-squares velocity of the centroid over the frames that show a digit
+    (image y grows downwards); NOT_FOUND where fewer than two frames do."""
     frames_t = np.arange(track_nt2.shape[1], dtype=np.float64)
-    centred_t = frames_t - frames_t.mean()
-    velocity_n2 = (centred_t[None, :, None] * track_nt2).sum(axis=1) / max((centred_t**2).sum(), 1e-6)
+    weights_nt = found_nt.astype(np.float64)
+    count_n = weights_nt.sum(axis=1)
+    mean_frame_n = (weights_nt * frames_t).sum(axis=1) / np.maximum(count_n, 1.0)
+    centred_nt = (frames_t - mean_frame_n[:, None]) * weights_nt
+    spread_n = np.maximum((centred_nt**2).sum(axis=1), 1e-6)
+    velocity_n2 = (centred_nt[..., None] * track_nt2).sum(axis=1) / spread_n[:, None]
     horizontal_n = np.abs(velocity_n2[:, 0]) >= np.abs(velocity_n2[:, 1])
     horizontal_dir_n = np.where(velocity_n2[:, 0] < 0, "left", "right")
     vertical_dir_n = np.where(velocity_n2[:, 1] < 0, "up", "down")
     names_n = np.where(horizontal_n, horizontal_dir_n, vertical_dir_n)
-    return np.array([bouncing_digits.DIRECTIONS.index(name) for name in names_n], dtype=np.int64)
+    direction_n = np.array([bouncing_digits.DIRECTIONS.index(name) for name in names_n], dtype=np.int64)
+    return np.where(count_n >= 2, direction_n, NOT_FOUND)
