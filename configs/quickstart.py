@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.vae.tile_overlap = (4, 4)
 
     config.text = ml_collections.ConfigDict()
-    config.text.max_length = 24
+    config.text.max_length = 32  # the longest caption, 'a magenta 0 moving right', is 24 bytes + eos
     config.text.caption_dropout = 0.1
     config.text.encoder = text_encoder.default_config()
 

@@ -32,6 +32,9 @@ def test_quickstart_config_is_valid(config):
     ("data.num_frames", 10, r"config\.data \(10 frames, 16 px\): num_frames=10 does not fit canvas=16"),
     ("data.name", "ucf", r"config\.data\.name: 'ucf' is not allowed"),
     ("dit.in_channels", 3, r"config\.dit\.in_channels: 3 must equal vae\.latent_channels=8"),
+    ("text.max_length", 24, r"config\.text\.max_length: 24 tokens cannot hold the longest Bouncing Digits caption "
+                            r"\(24 bytes \+ eos\); set at least 25"),
+    ("dit.absolute_position", "learned", r"config\.dit\.absolute_position: 'learned' is not allowed"),
 ])
 def test_invalid_field_is_named(config, field, value, message):
     section, name = field.split(".")

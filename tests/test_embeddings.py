@@ -124,3 +124,19 @@ def test_modulate():
     x, shift, scale = jnp.asarray(2.0), jnp.asarray(0.5), jnp.asarray(-0.25)
     assert float(modulate(x, shift, scale)) == 2.0 * 0.75 + 0.5
     assert float(modulate(x, 0.0, 0.0)) == 2.0
+
+
+def test_position_embedding_3d_is_each_axis_sinusoid_of_its_index():
+    from t2v_jax.layers.embeddings import position_embedding_3d, timestep_embedding
+
+    grid, width = (3, 4, 5), 50
+    table = np.asarray(position_embedding_3d(grid, width)).reshape(*grid, width)
+    sizes = (18, 16, 16)
+    index = (2, 1, 3)
+    start = 0
+    for axis, (size, position) in enumerate(zip(sizes, index)):
+        expected = np.asarray(timestep_embedding(np.array([position], np.float32), size))[0]
+        np.testing.assert_allclose(table[index][start:start + size], expected, rtol=1e-6)
+        start += size
+    flat = table.reshape(-1, width)
+    assert len(np.unique(np.round(flat, 5), axis=0)) == np.prod(grid)  # every token its own position

@@ -20,7 +20,7 @@ def tiny_config(data_dir: str):
     config.data.test_size = 16
     config.vae.block_out_channels = (4, 8)
     config.vae.norm_num_groups = 2
-    config.text.max_length = 24
+    config.text.max_length = 32
     config.text.encoder.update(width=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
     config.dit.update(num_layers=1, width=12, num_heads=2, caption_channels=16)
     for train_cfg in (config.train_vae, config.train_dit):

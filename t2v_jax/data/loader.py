@@ -13,7 +13,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from t2v_jax.checks import ConfigError, one_of
+from t2v_jax.checks import ConfigError, one_of, require
 from t2v_jax.data import bouncing_digits, video_folder
 
 DATASET_NAMES = ("bouncing_digits", "video_folder")
@@ -29,6 +29,19 @@ def bouncing_digits_config(**overrides) -> ml_collections.ConfigDict:
         test_size=512, seed=0, folder="", captions_file="", worker_count=0))
     cfg.update(overrides)
     return cfg
+
+
+def check_caption_budget(config) -> None:
+    """config.text.max_length must hold the dataset's longest caption plus eos: pipelines refuse longer
+    prompts, so a budget below the test-set captions would refuse the very prompts it is judged on."""
+    if config.data.name != "bouncing_digits":
+        return
+    longest = max(len(bouncing_digits.caption(d, c, m)) for d in range(10)
+                  for c in bouncing_digits.COLOURS for m in bouncing_digits.DIRECTIONS)
+    text_length = config.text.max_length
+    require(text_length > longest, "text.max_length",
+            f"{text_length} tokens cannot hold the longest Bouncing Digits caption ({longest} bytes + eos); "
+            f"set at least {longest + 1}")
 
 
 def validate_data_config(data_cfg) -> None:

@@ -32,6 +32,24 @@ def timestep_embedding(t_b, dim: int, *, max_period: float = 10000, flip_sin_to_
     return emb_bd
 
 
+def position_embedding_3d(grid_thw, width: int):
+    """Fixed sinusoidal absolute positions (L, width) for a t-major (t, h, w) token grid: the width is
+    split in three nearly equal parts, each the `timestep_embedding` of the token's index on one axis.
+
+    RoPE gives attention relative offsets only, and with few positions per axis and a small head most
+    of its frequencies barely turn; an additive absolute signal tells every token where it is.
+    """
+    sizes = (width - 2 * (width // 3), width // 3, width // 3)
+    t, h, w = (jnp.arange(n, dtype=jnp.float32) for n in grid_thw)
+    t_ld, h_ld, w_ld = (timestep_embedding(positions, size) for positions, size in zip((t, h, w), sizes))
+    nt, nh, nw = grid_thw
+    return jnp.concatenate([
+        jnp.broadcast_to(t_ld[:, None, None], (nt, nh, nw, sizes[0])),
+        jnp.broadcast_to(h_ld[None, :, None], (nt, nh, nw, sizes[1])),
+        jnp.broadcast_to(w_ld[None, None, :], (nt, nh, nw, sizes[2])),
+    ], axis=-1).reshape(nt * nh * nw, width)
+
+
 class TimestepEmbedder(nn.Module):
     """sinusoid(t) -> Dense -> SiLU -> Dense (diffusers TimestepEmbedding after Timesteps)."""
 
@@ -66,9 +84,13 @@ class AdaLNSingle(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, t_b):
+    def __call__(self, t_b, condition_bw=None):
+        """`condition_bw`, when given, is added to the embedded timestep (a pooled caption, say), so
+        every block's modulation sees it."""
         emb_bw = TimestepEmbedder(self.width, self.frequency_dim, dtype=self.dtype,
                                   param_dtype=self.param_dtype, name="timestep_embedder")(t_b)
+        if condition_bw is not None:
+            emb_bw = emb_bw + condition_bw.astype(emb_bw.dtype)
         modulation = dense(6 * self.width, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
                            name="linear")(nn.silu(emb_bw))
         return modulation.reshape(-1, 6, self.width), emb_bw

@@ -23,7 +23,7 @@ import ml_collections
 from t2v_jax.layers.attention import Attention
 from t2v_jax.layers.dense import dense
 from t2v_jax.layers.feed_forward import FeedForward
-from t2v_jax.layers.embeddings import AdaLNSingle, PatchEmbed3D, modulate, unpatchify
+from t2v_jax.layers.embeddings import AdaLNSingle, PatchEmbed3D, modulate, position_embedding_3d, unpatchify
 from t2v_jax.layers.norms import LayerNorm
 from t2v_jax.layers.rope import rope_3d
 
@@ -34,6 +34,9 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+# What `absolute_position` may add to the patch tokens besides RoPE: nothing (Allegro) or fixed 3D sinusoids.
+ABSOLUTE_POSITIONS = ("none", "sincos")
+
 # Allegro's RoPE position interpolation (t, h, w) per released resolution.
 ALLEGRO_ROPE_SCALES = {
     "88x720p": (2.2, 2.0, 2.0),
@@ -43,7 +46,12 @@ ALLEGRO_ROPE_SCALES = {
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """CPU-sized VideoDiT (4 layers, width 96 = 4 heads x 24) for the quickstart and tests."""
+    """CPU-sized VideoDiT (4 layers, width 96 = 4 heads x 24) for the quickstart and tests.
+
+    Two options Allegro does not use (its configs keep them off): `absolute_position="sincos"` adds
+    fixed 3D sinusoidal positions to the patch tokens, on top of RoPE; `pooled_text=True` adds a
+    projection of the caption's masked mean to the embedded timestep that drives AdaLN-single.
+    """
     return ml_collections.ConfigDict(dict(
         num_layers=4,
         width=96,
@@ -55,6 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
         mlp_ratio=4.0,
         rope_theta=10000.0,
         rope_interpolation_scale=(1.0, 1.0, 1.0),
+        absolute_position="none",
+        pooled_text=False,
         attention="xla",
         remat_policy="none",
         dtype="float32",
@@ -173,13 +183,25 @@ class VideoDiT(nn.Module):
 
         tokens_bld = PatchEmbed3D(width, patch, dtype=dtype, param_dtype=param_dtype,
                                   name="patch_embed")(x_bthwc.astype(dtype))
+        if cfg.get("absolute_position", "none") == "sincos":
+            tokens_bld = tokens_bld + position_embedding_3d(grid_thw, width).astype(dtype)[None]
         tokens_bld = nn.with_logical_constraint(tokens_bld, ("batch", "length", "embed"))
-        modulation_b6w, embedded_t_bw = AdaLNSingle(width, dtype=dtype, param_dtype=param_dtype,
-                                                    name="adaln_single")(t_b)
         context_bsd = CaptionProjection(width, dtype=dtype, param_dtype=param_dtype,
                                         name="caption_projection")(context_bld.astype(dtype))
         if context_mask_bl is not None:
             context_mask_bl = jnp.asarray(context_mask_bl).astype(bool)
+        pooled_bw = None
+        if cfg.get("pooled_text", False):
+            # Global attributes (digit, colour, direction) reach every block's modulation, not only
+            # the tokens that attend to the right caption byte.
+            weights_bs = (jnp.ones(context_bsd.shape[:2], dtype) if context_mask_bl is None
+                          else context_mask_bl.astype(dtype))
+            mean_bw = (jnp.einsum("bs,bsw->bw", weights_bs, context_bsd)
+                       / jnp.maximum(weights_bs.sum(-1, keepdims=True), 1.0))
+            pooled_bw = dense(width, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype,
+                              name="pooled_text")(mean_bw)
+        modulation_b6w, embedded_t_bw = AdaLNSingle(width, dtype=dtype, param_dtype=param_dtype,
+                                                    name="adaln_single")(t_b, pooled_bw)
         cos_ld, sin_ld = rope_3d(grid_thw, head_dim(cfg), theta=cfg.rope_theta,
                                  interpolation_scale=tuple(cfg.rope_interpolation_scale))
         tokens_bld, _ = block_stack(cfg)(cfg, name="blocks")(

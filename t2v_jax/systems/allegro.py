@@ -159,4 +159,4 @@ SYSTEM = System(
     description="Allegro's VideoVAE + VideoDiT + T5 v1.1 XXL, from converted official weights",
     validate=latent_diffusion.validate, stages=latent_diffusion.stages, load_pipeline=load_pipeline,
     sampling_summary=latent_diffusion.sampling_summary, benchmark=benchmark,
-    denoiser_stage=latent_diffusion.denoiser_stage)
+    denoiser_stage=latent_diffusion.denoiser_stage, load_autoencoder=latent_diffusion.load_autoencoder)

@@ -55,6 +55,9 @@ class System:
       summary lines), or None when it has none.
     denoiser_stage(config): the diffusion stage whose train and sampling steps
       `scripts/compare_sharding.py` compiles per sharding preset (no frozen params needed), or None.
+    load_autoencoder(config, checkpoint, use_ema=True): the first stage's round trip, a jitted
+      video_bthwc -> video_bthwc in [-1, 1] (VAE posterior mean, or tokenizer codes); judged, it is the
+      ceiling of the whole system (`scripts/eval.py --reconstruct`). None when the system has none.
     """
 
     name: str
@@ -65,6 +68,7 @@ class System:
     sampling_summary: Callable[[Any], str]
     benchmark: Optional[Callable[[Any, BenchmarkOptions], dict]] = None
     denoiser_stage: Optional[Callable[[Any], Any]] = None
+    load_autoencoder: Optional[Callable[..., Callable]] = None
 
 
 def stage_by_name(stages, name: str) -> Stage:

@@ -5,10 +5,11 @@ apart) the interpolation decoder, both trained on the frozen tokenizer's codes. 
 recurrent decoding against the same decoder with a KV cache.
 """
 
+import jax
+
 from t2v_jax.benchmarks.decoding import decoding_benchmark
 from t2v_jax.checks import ConfigError, check_batches, check_heads, one_of, require, video_size
-from t2v_jax.data import bouncing_digits
-from t2v_jax.data.loader import validate_data_config
+from t2v_jax.data.loader import check_caption_budget, validate_data_config
 from t2v_jax.layers.attention import IMPLEMENTATIONS
 from t2v_jax.models import fsq_tokenizer, retnet_video
 from t2v_jax.parallel.mesh import mesh_sizes
@@ -47,13 +48,7 @@ def validate(config, num_devices: int) -> None:
         require((model.width // model.num_heads) % 2 == 0, f"{field}.width",
                 f"head dim {model.width}/{model.num_heads} must be even (rotation works on feature pairs)")
         check_heads(model.num_heads, f"{field}.num_heads", sizes)
-    text_length = config.text.max_length
-    if data.name == "bouncing_digits":
-        longest = max(len(bouncing_digits.caption(d, c, m)) for d in range(10)
-                      for c in bouncing_digits.COLOURS for m in bouncing_digits.DIRECTIONS)
-        require(text_length > longest, "text.max_length",
-                f"{text_length} tokens cannot hold the longest Bouncing Digits caption ({longest} bytes + eos); "
-                f"set at least {longest + 1}")
+    check_caption_budget(config)
     sampling = config.sampling
     require(sampling.temperature >= 0, "sampling.temperature", f"must be >= 0, got {sampling.temperature}")
     require(sampling.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = no top-k), got {sampling.top_k}")
@@ -78,6 +73,18 @@ def load_pipeline(config, checkpoint: str, *, use_ema: bool = True) -> FlashVide
                               interpolation_params=params.get("interpolation"))
 
 
+def load_autoencoder(config, checkpoint: str, *, use_ema: bool = True):
+    """The trained tokenizer's round trip: video -> FSQ codes -> video."""
+    params = restore_stages(config, stages(config), checkpoint, ["tokenizer"], use_ema=use_ema)["tokenizer"]
+    tokenizer = fsq_tokenizer.VideoTokenizer(config.tokenizer)
+
+    def round_trip(video_bthwc):
+        codes_bthw = tokenizer.apply(params, video_bthwc, method=fsq_tokenizer.VideoTokenizer.encode)
+        return tokenizer.apply(params, codes_bthw, method=fsq_tokenizer.VideoTokenizer.decode)
+
+    return jax.jit(round_trip)
+
+
 def sampling_summary(config) -> str:
     s = config.sampling
     return (f"keyframes every {config.flashvideo.keyframe_stride} frames, temperature {s.temperature}, "
@@ -95,4 +102,4 @@ SYSTEM = System(
     name="flashvideo",
     description="FSQ video tokenizer + RetNet keyframe and interpolation decoders",
     validate=validate, stages=stages, load_pipeline=load_pipeline, sampling_summary=sampling_summary,
-    benchmark=benchmark)
+    benchmark=benchmark, load_autoencoder=load_autoencoder)

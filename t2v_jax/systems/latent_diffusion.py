@@ -4,14 +4,17 @@ trained together on the VAE's frozen latents, sampled by a scanned diffusion sam
 Allegro is this system at full size with converted weights; LaVie, MALT and SynCoS build on it.
 """
 
+import jax
+
 from t2v_jax.benchmarks.dit import dit_benchmark
 from t2v_jax.checks import check_batches, check_heads, require, video_size
-from t2v_jax.data.loader import validate_data_config
+from t2v_jax.data.loader import check_caption_budget, validate_data_config
 from t2v_jax.diffusion import samplers
 from t2v_jax.layers.attention import check_implementation
 from t2v_jax.models import video_dit, video_vae
 from t2v_jax.models.text_encoder import ByteTokenizer
 from t2v_jax.models.text_to_video import dit_token_grid, latent_shape, num_dit_tokens
+from t2v_jax.models.video_vae import VideoVAE, vae_decode, vae_encode
 from t2v_jax.parallel.mesh import mesh_sizes
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 from t2v_jax.systems.base import Stage, System, restore_stages
@@ -34,6 +37,8 @@ def validate_model(config) -> None:
     check_implementation(dit.attention, "dit.attention")
     require(dit.remat_policy in video_dit.REMAT_POLICIES, "dit.remat_policy",
             f"{dit.remat_policy!r} is not allowed; choose one of {list(video_dit.REMAT_POLICIES)}")
+    require(dit.get("absolute_position", "none") in video_dit.ABSOLUTE_POSITIONS, "dit.absolute_position",
+            f"{dit.get('absolute_position')!r} is not allowed; choose one of {list(video_dit.ABSOLUTE_POSITIONS)}")
     require(dit.dtype in DTYPES, "dit.dtype", f"{dit.dtype!r} is not allowed; choose one of {list(DTYPES)}")
     require(dit.in_channels == vae.latent_channels, "dit.in_channels",
             f"{dit.in_channels} must equal vae.latent_channels={vae.latent_channels}")
@@ -53,6 +58,7 @@ def validate_data(config) -> None:
     """The dataset, and frame counts and sizes the VAE and the DiT's patches divide."""
     data = config.data
     validate_data_config(data)
+    check_caption_budget(config)
     t_down = video_vae.temporal_compression(config.vae)
     s_down = video_vae.spatial_compression(config.vae)
     require(data.num_frames > 0 and data.num_frames % t_down == 0, "data.num_frames",
@@ -107,6 +113,13 @@ def load_pipeline(config, checkpoint: str, *, use_ema: bool = True) -> TextToVid
     return pipeline_from_params(config, restore_stages(config, stages(config), checkpoint, ["dit"], use_ema=use_ema))
 
 
+def load_autoencoder(config, checkpoint: str, *, use_ema: bool = True):
+    """The trained VAE's round trip: posterior mean, then the (tiled) decoder, as the pipeline decodes."""
+    params = restore_stages(config, stages(config), checkpoint, ["vae"], use_ema=use_ema)["vae"]
+    vae = VideoVAE(config.vae)
+    return jax.jit(lambda video_bthwc: vae_decode(vae, params, vae_encode(vae, params, video_bthwc, tiled=False)))
+
+
 def sampling_summary(config) -> str:
     s = config.sampling
     return f"{s.method}, {s.num_steps} steps, guidance {s.guidance_scale}"
@@ -128,4 +141,4 @@ SYSTEM = System(
     name="latent_diffusion",
     description="VideoVAE + VideoDiT with a byte-level text encoder, trained from scratch",
     validate=validate, stages=stages, load_pipeline=load_pipeline, sampling_summary=sampling_summary,
-    benchmark=benchmark, denoiser_stage=denoiser_stage)
+    benchmark=benchmark, denoiser_stage=denoiser_stage, load_autoencoder=load_autoencoder)
