@@ -1,9 +1,10 @@
 """CPU quickstart: Bouncing Digits 16x16x8, tiny VAE + DiT + byte-level T5, judged on test glyphs.
 
 Command:  python scripts/quickstart.py            (same as --config configs/quickstart.py)
-Hardware: 2-core x86-64 CPU, 24 GiB, no accelerator (another job shared it for the first half).
-Result:   2026-11-21: trained in 587 s (VAE 400 + DiT 1000 steps), 637 s in all with sampling and
-          judging 64 test-set prompts: all three 0.0%, digit 10.9%, colour 40.6%, direction 21.9%.
+Hardware: 2-core x86-64 CPU, 24 GiB, no accelerator, nothing else running.
+Result:   2026-11-30: trained in 326 s (VAE 400 + DiT 1000 steps), 342 s in all with sampling and
+          judging 64 test-set prompts: all three 1.6%, digit 10.9%, colour 42.2%, direction 20.3%,
+          identity 23.4% (frames without a digit count as failures).
           The same config with --config.train_vae.num_steps=1500 --config.train_dit.num_steps=5000
           (54 min on that CPU): all three 3.5%, digit 12.1%, colour 100%, direction 28.5% on 256
           prompts. See BENCHMARKS.md.
