@@ -7,6 +7,9 @@ and what is allowed.
 """
 
 
+DTYPES = ("float32", "bfloat16")  # compute dtypes a model config may name
+
+
 class ConfigError(ValueError):
     """A config field holds a value the system cannot run with."""
 

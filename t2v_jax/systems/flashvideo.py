@@ -8,7 +8,7 @@ recurrent decoding against the same decoder with a KV cache.
 import jax
 
 from t2v_jax.benchmarks.decoding import decoding_benchmark
-from t2v_jax.checks import ConfigError, check_batches, check_heads, one_of, require, video_size
+from t2v_jax.checks import DTYPES, ConfigError, check_batches, check_heads, one_of, require, video_size
 from t2v_jax.data.loader import check_caption_budget, validate_data_config
 from t2v_jax.layers.attention import IMPLEMENTATIONS
 from t2v_jax.models import fsq_tokenizer, retnet_video
@@ -16,9 +16,6 @@ from t2v_jax.parallel.mesh import mesh_sizes
 from t2v_jax.pipelines.flashvideo import FlashVideoPipeline
 from t2v_jax.systems.base import Stage, System, restore_stages
 from t2v_jax.train.stages import TokenDecoderStage, TokenizerStage
-
-DTYPES = ("float32", "bfloat16")
-
 
 def _decoder_roles(config) -> tuple[str, ...]:
     """The keyframe decoder, and the interpolation decoder when there are frames between keyframes."""

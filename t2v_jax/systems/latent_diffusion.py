@@ -7,7 +7,7 @@ Allegro is this system at full size with converted weights; LaVie, MALT and SynC
 import jax
 
 from t2v_jax.benchmarks.dit import dit_benchmark
-from t2v_jax.checks import check_batches, check_heads, require, video_size
+from t2v_jax.checks import DTYPES, check_batches, check_heads, one_of, require, video_size
 from t2v_jax.data.loader import check_caption_budget, validate_data_config
 from t2v_jax.diffusion import samplers
 from t2v_jax.layers.attention import check_implementation
@@ -19,9 +19,6 @@ from t2v_jax.parallel.mesh import mesh_sizes
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 from t2v_jax.systems.base import Stage, System, restore_stages
 from t2v_jax.train.stages import DiTStage, VAEStage
-
-DTYPES = ("float32", "bfloat16")
-
 
 def validate_model(config) -> None:
     """The VAE, text encoder and DiT fields and how they fit together."""
@@ -35,11 +32,9 @@ def validate_model(config) -> None:
             f"head dim {dit.width}/{dit.num_heads}={head_dim} must be divisible by 6: 3D RoPE "
             "splits it in three rotate-half chunks")
     check_implementation(dit.attention, "dit.attention")
-    require(dit.remat_policy in video_dit.REMAT_POLICIES, "dit.remat_policy",
-            f"{dit.remat_policy!r} is not allowed; choose one of {list(video_dit.REMAT_POLICIES)}")
-    require(dit.get("absolute_position", "none") in video_dit.ABSOLUTE_POSITIONS, "dit.absolute_position",
-            f"{dit.get('absolute_position')!r} is not allowed; choose one of {list(video_dit.ABSOLUTE_POSITIONS)}")
-    require(dit.dtype in DTYPES, "dit.dtype", f"{dit.dtype!r} is not allowed; choose one of {list(DTYPES)}")
+    one_of(dit.remat_policy, "dit.remat_policy", video_dit.REMAT_POLICIES)
+    one_of(dit.get("absolute_position", "none"), "dit.absolute_position", video_dit.ABSOLUTE_POSITIONS)
+    one_of(dit.dtype, "dit.dtype", DTYPES)
     require(dit.in_channels == vae.latent_channels, "dit.in_channels",
             f"{dit.in_channels} must equal vae.latent_channels={vae.latent_channels}")
     require(dit.caption_channels == config.text.encoder.width, "dit.caption_channels",
