@@ -20,7 +20,6 @@ def test_quickstart_config_is_valid(config):
 @pytest.mark.parametrize("field, value, message", [
     ("dit.num_heads", 5, r"config\.dit\.num_heads: 5 heads do not divide dit\.width=96"),
     ("dit.width", 98, r"config\.dit\.num_heads: 4 heads do not divide dit\.width=98"),
-    ("data.num_frames", 7, r"config\.data\.num_frames: 7 frames .* multiples of 2"),
     ("dit.patch_thw", (1, 3, 3), r"config\.dit\.patch_thw: patch \(1, 3, 3\) does not divide"),
     ("sampling.method", "heun", r"config\.sampling\.method: 'heun' is not allowed; choose one of \['ddpm'"),
     ("diffusion.prediction_type", "score", r"config\.diffusion\.prediction_type: 'score' is not allowed"),
@@ -56,12 +55,22 @@ def test_unavailable_attention_kernel_is_rejected(config):
         validate(config, num_devices=1)
 
 
+def test_frames_must_fit_the_vae_time_downsampling(config):
+    config.vae.temporal_downsample = (True, False, False)
+    config.data.num_frames = 7
+    with pytest.raises(ConfigError, match=r"config\.data\.num_frames: 7 frames .* multiples of 2"):
+        validate(config, num_devices=1)
+
+
 def test_flow_schedule_needs_flow_sampler(config):
-    config.diffusion.update(schedule="flow", prediction_type="flow", min_snr_gamma=None)
+    config.diffusion.update(schedule="flow", prediction_type="flow", min_snr_gamma=None, snr_shift=1.0)
     with pytest.raises(ConfigError, match=r"config\.sampling\.method: 'ddim' does not fit schedule 'flow'"):
         validate(config, num_devices=1)
     config.sampling.method = "flow_euler"
     validate(config, num_devices=1)
+    config.diffusion.snr_shift = 3.0
+    with pytest.raises(ConfigError, match=r"config\.diffusion\.snr_shift: .*1 for the flow schedule"):
+        validate(config, num_devices=1)
 
 
 def test_batch_must_divide_data_parallel_axes(config):

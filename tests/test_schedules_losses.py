@@ -89,6 +89,16 @@ def test_timestep_lookup_integer_float_and_clean_end():
     np.testing.assert_allclose(sigma_f, sigma_i, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_snr_shift_divides_every_snr_and_keeps_betas_consistent(kind):
+    base, shifted = make_schedule(kind, N), make_schedule(kind, N, snr_shift=3.0)
+    np.testing.assert_allclose(shifted.sigmas, 3.0 * base.sigmas, rtol=1e-5)
+    np.testing.assert_allclose(shifted.alphas_cumprod, _cumprod_like_torch(shifted.betas), rtol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(make_schedule(kind, N, snr_shift=1.0), base))
+    with pytest.raises(ValueError, match="snr_shift"):
+        make_schedule("flow", N, snr_shift=2.0)
+
+
 def test_unknown_kind_names_allowed_values():
     with pytest.raises(ValueError, match="scaled_linear"):
         make_schedule("quadratic")

@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from t2v_jax.data.loader import make_loader
+from t2v_jax.data.loader import data_source, make_loader
 from t2v_jax.eval.evaluate import generate_and_judge
 from t2v_jax.pipelines.load import load_pipeline
+from t2v_jax.train.latent_cache import CACHE_FILE
 from t2v_jax.train.run import train
 from t2v_jax.train.stages import DiTStage, VAEStage
 from t2v_jax.train.trainer import fit, read_metrics, restore_params
@@ -52,6 +53,32 @@ def test_resume_after_interruption_gives_the_same_losses(trained, tmp_path):
     np.testing.assert_allclose(resumed[3:], uninterrupted[3:], rtol=1e-6)
     # Different data order must show up in the losses, or this test could not fail.
     assert len(set(np.round(uninterrupted, 6))) == len(uninterrupted)
+
+
+def test_cached_latents_train_exactly_like_encoding_each_step(trained, tmp_path):
+    """train_dit.cache_latents changes where the VAE runs, not the objective: the DiT's losses over the
+    same batches and random numbers match the uncached run's, and a second start reads the cache."""
+    config, workdir, _ = trained
+    vae_params = restore_params(os.path.join(workdir, "vae"), VAEStage(config), config.train_vae,
+                                mesh_cfg=config.mesh)
+
+    def run(run_dir, cache):
+        cached = config.copy_and_resolve_references()
+        cached.train_dit.cache_latents = cache
+        stage = DiTStage(cached, vae_params)
+        source = stage.training_source(data_source(config.data, "train"), run_dir, progress=False)
+        iterator = iter(make_loader(config.data, "train", batch_size=config.train_dit.batch_size, seed=3,
+                                    source=source))
+        fit(stage, cached.train_dit, iterator, run_dir, mesh_cfg=config.mesh, seed=1, progress=False)
+        return [m["loss"] for m in read_metrics(run_dir)]
+
+    encoded = run(str(tmp_path / "encoded"), cache=False)
+    cached = run(str(tmp_path / "cached"), cache=True)
+    np.testing.assert_allclose(cached, encoded, rtol=1e-4)
+    cache_file = tmp_path / "cached" / CACHE_FILE
+    written = cache_file.stat().st_mtime_ns
+    assert run(str(tmp_path / "cached"), cache=True) == cached  # resumed at the last step: nothing new
+    assert cache_file.stat().st_mtime_ns == written
 
 
 def test_train_then_generate_and_judge(trained):

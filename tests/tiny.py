@@ -18,7 +18,7 @@ def tiny_config(data_dir: str):
     config.data.dir = data_dir
     config.data.train_size = 64
     config.data.test_size = 16
-    config.vae.block_out_channels = (4, 8)
+    config.vae.block_out_channels = (4, 8, 8)
     config.vae.norm_num_groups = 2
     config.text.max_length = 32
     config.text.encoder.update(width=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)

@@ -93,7 +93,11 @@ class _DecodeRecord(grain.transforms.Map):
     """Text comes back from tfds as bytes; keep only what the model and the judge use."""
 
     def map(self, record):
-        example = {"video": record["video"], "caption": record["caption"].decode("utf-8")}
+        caption = record["caption"]
+        example = {"caption": caption.decode("utf-8") if isinstance(caption, bytes) else caption}
+        for key in ("video", "latent_moments"):
+            if key in record:
+                example[key] = record[key]
         for key in LABEL_KEYS:
             if key in record:
                 example[key] = np.int32(record[key])
@@ -104,18 +108,26 @@ class _ScaleVideo(grain.transforms.Map):
     """uint8 [0, 255] -> float32 [-1, 1], once per batch rather than per record."""
 
     def map(self, batch):
-        batch["video"] = batch["video"].astype(np.float32) / 127.5 - 1.0
+        if "video" in batch:
+            batch["video"] = batch["video"].astype(np.float32) / 127.5 - 1.0
         return batch
 
 
-def make_loader(data_cfg, split, *, batch_size, seed, num_epochs=None, shuffle=True, drop_remainder=True):
+def data_source(data_cfg, split):
+    """The grain random-access source of one split (the dataset is built first if missing)."""
+    return build_dataset(data_cfg).as_data_source(split=split)
+
+
+def make_loader(data_cfg, split, *, batch_size, seed, num_epochs=None, shuffle=True, drop_remainder=True,
+                source=None):
     """grain DataLoader over one split of the dataset that `data_cfg` describes (built first if missing).
 
     Batches are dict(video=float32 (B, T, H, W, 3) in [-1, 1], caption=str array (B,)) plus int32 digit,
     colour and direction for bouncing_digits. num_epochs=None repeats forever. `iter(loader)` has
-    get_state() -> JSON bytes and set_state(bytes) for exact resume.
+    get_state() -> JSON bytes and set_state(bytes) for exact resume. `source` replaces the split's own
+    records with a source over the same videos (a cache of their latents passes "latent_moments" through).
     """
-    source = build_dataset(data_cfg).as_data_source(split=split)
+    source = data_source(data_cfg, split) if source is None else source
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),

@@ -58,6 +58,9 @@ def validate_config(config) -> None:
     require(is_flow == (samp.method == "flow_euler"), "sampling.method",
             f"{samp.method!r} does not fit schedule {diff.schedule!r}: use 'flow_euler' with 'flow' "
             "and ddpm/ddim/euler_ancestral otherwise")
+    snr_shift = diff.get("snr_shift", 1.0)
+    require(snr_shift > 0 and not (is_flow and snr_shift != 1), "diffusion.snr_shift",
+            f"must be positive (SNRs are divided by its square), and 1 for the flow schedule; got {snr_shift}")
     require(not (is_flow and diff.min_snr_gamma), "diffusion.min_snr_gamma",
             "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
 

@@ -53,12 +53,30 @@ def _flow_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return betas, alphas_cumprod, s / (1 - s)
 
 
-def make_schedule(kind="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02) -> Schedule:
-    """Builds a schedule; defaults are Allegro/LaVie's (Stable Diffusion: scaled_linear, 0.00085, 0.012)."""
+def shift_snr(alphas_cumprod, snr_shift: float) -> np.ndarray:
+    """The same table with every signal-to-noise ratio divided by snr_shift**2 (float64).
+
+    Hoogeboom et al.'s shifted schedules ("simple diffusion", 2023) and SD3's timestep shift are this
+    map: redundant data (large images, or video whose frames repeat one another) keeps its content
+    readable at noise levels that would erase a single small image, so the unshifted schedule spends
+    most of training where the noisy input already shows what the caption should decide.
+    """
+    acp = np.asarray(alphas_cumprod, np.float64)
+    return acp / (acp + snr_shift**2 * (1 - acp))
+
+
+def make_schedule(kind="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02,
+                  snr_shift=1.0) -> Schedule:
+    """Builds a schedule; defaults are Allegro/LaVie's (Stable Diffusion: scaled_linear, 0.00085, 0.012).
+
+    snr_shift != 1 (variance-preserving kinds only) divides every SNR by snr_shift**2; see shift_snr.
+    """
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"schedule kind {kind!r} is not one of {SCHEDULE_KINDS}")
     if num_train_steps < 2:
         raise ValueError(f"num_train_steps must be at least 2, got {num_train_steps}")
+    if snr_shift <= 0 or (kind == "flow" and snr_shift != 1):
+        raise ValueError(f"snr_shift must be positive, and 1 for the flow schedule; got {snr_shift} for {kind!r}")
     if kind == "flow":
         betas, alphas_cumprod, sigmas = _flow_tables(num_train_steps)
         return Schedule(*(jnp.asarray(a, jnp.float32) for a in (betas, alphas_cumprod, sigmas)))
@@ -70,6 +88,10 @@ def make_schedule(kind="linear", num_train_steps=1000, beta_start=1e-4, beta_end
         betas = _cosine_betas(num_train_steps)
     betas = betas.astype(np.float32)
     alphas_cumprod = np.cumprod((np.float32(1) - betas).astype(np.float64)).astype(np.float32)
+    if snr_shift != 1:
+        shifted = shift_snr(alphas_cumprod, snr_shift)
+        betas = (1 - shifted / np.concatenate([[1.0], shifted[:-1]])).astype(np.float32)
+        alphas_cumprod = shifted.astype(np.float32)
     acp = alphas_cumprod.astype(np.float64)
     sigmas = np.sqrt((1 - acp) / acp).astype(np.float32)
     return Schedule(jnp.asarray(betas), jnp.asarray(alphas_cumprod), jnp.asarray(sigmas))

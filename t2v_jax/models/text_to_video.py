@@ -45,7 +45,8 @@ class TextToVideoModel:
         self.text_encoder = T5Encoder(config.text.encoder)
         self.dit = VideoDiT(config.dit)
         d = config.diffusion
-        self.schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+        self.schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end,
+                                      d.get("snr_shift", 1.0))
 
     def encode_text(self, params, ids_bl, mask_bl):
         return self.text_encoder.apply(params["text_encoder"], ids_bl, mask_bl)

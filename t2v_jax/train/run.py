@@ -11,7 +11,7 @@ import jax
 
 from t2v_jax import systems
 from t2v_jax.config import validate
-from t2v_jax.data.loader import build_dataset, make_loader
+from t2v_jax.data.loader import build_dataset, data_source, make_loader
 from t2v_jax.systems.base import restore_stages
 from t2v_jax.train.checkpoint import dump_json
 from t2v_jax.train.trainer import fit, read_metrics
@@ -47,8 +47,12 @@ def train(config, workdir: str, stages=None, *, progress: bool = True) -> dict:
         stage = stage_spec.build(config, {name: consumed[name] for name in stage_spec.consumes})
         train_cfg = config[stage_spec.train_field]
         stage_dir = os.path.join(workdir, stage_spec.name)
-        iterator = iter(make_loader(config.data, "train", batch_size=train_cfg.batch_size, seed=config.seed + offset))
         start = time.perf_counter()
+        source = data_source(config.data, "train")
+        if hasattr(stage, "training_source"):
+            source = stage.training_source(source, stage_dir, progress=progress)
+        iterator = iter(make_loader(config.data, "train", batch_size=train_cfg.batch_size, seed=config.seed + offset,
+                                    source=source))
         fit(stage, train_cfg, iterator, stage_dir, mesh_cfg=config.mesh, seed=config.seed + offset,
             progress=progress)
         summary[stage_spec.name] = dict(read_metrics(stage_dir)[-1], seconds=time.perf_counter() - start)

@@ -1,8 +1,10 @@
 """Training stages: the latent system's VAE then DiT + text encoder; FlashVideo's tokenizer then decoders.
 
 Each stage is what `trainer.fit` needs: `init_params(rng)`, a pure `loss_fn(params, batch,
-rng)` and a host-side `prepare_batch`. The DiT stage encodes videos with the frozen VAE inside
-the jitted step, so any dataset works without a latent cache.
+rng)` and a host-side `prepare_batch`; a stage may also offer `training_source(source, directory)`,
+the data source it trains on in place of the split's videos. The DiT stage encodes videos with the
+frozen VAE inside the jitted step, so any dataset works as it is, or, with
+`train_dit.cache_latents`, encodes the training split once (`train/latent_cache.py`).
 """
 
 import math
@@ -16,7 +18,8 @@ from t2v_jax.diffusion.losses import diffusion_loss
 from t2v_jax.models import fsq_tokenizer, retnet_video
 from t2v_jax.models.text_encoder import ByteTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
-from t2v_jax.models.video_vae import VideoVAE, kl_divergence, vae_encode
+from t2v_jax.models.video_vae import VideoVAE, kl_divergence, sample_latent, vae_encode, vae_moments
+from t2v_jax.train.latent_cache import CachedLatentSource, encode_source
 
 
 def drop_captions(rng, rate: float, ids_bl, null_ids_l, mask_bl=None, null_mask_l=None):
@@ -48,8 +51,17 @@ class VAEStage:
         return {"video": np.asarray(batch["video"], np.float32)}
 
     def loss_fn(self, params, batch, rng):
-        recon, mean, logvar = self.vae.apply(params, batch["video"], rngs={"sample": rng})
-        reconstruction = jnp.mean(jnp.square(recon - batch["video"]))
+        video_bthwc = batch["video"]
+        clip_frames = self.config.train_vae.get("frames_per_video", 0)
+        if clip_frames and clip_frames < video_bthwc.shape[1]:
+            # Every layer is convolutional in time, so a short clip of consecutive frames at a random
+            # offset trains the same weights; more videos per step beat more frames of each (their
+            # frames are one glyph shifted by a pixel), as for FlashVideo's tokenizer.
+            clip_rng, rng = jax.random.split(rng)
+            starts_b = jax.random.randint(clip_rng, (video_bthwc.shape[0],), 0, video_bthwc.shape[1] - clip_frames + 1)
+            video_bthwc = jax.vmap(lambda v, s: jax.lax.dynamic_slice_in_dim(v, s, clip_frames))(video_bthwc, starts_b)
+        recon, mean, logvar = self.vae.apply(params, video_bthwc, rngs={"sample": rng})
+        reconstruction = jnp.mean(jnp.square(recon - video_bthwc))
         kl = jnp.mean(kl_divergence(mean, logvar)) / math.prod(mean.shape[1:])  # per latent element
         loss = reconstruction + self.config.train_vae.kl_weight * kl
         return loss, {"reconstruction": reconstruction, "kl": kl}
@@ -72,14 +84,28 @@ class DiTStage:
     def init_params(self, rng):
         return self.model.init_params(rng, self.latent_shape)
 
+    def training_source(self, source, directory, progress=True):
+        """With train_dit.cache_latents, the split's posterior moments encoded once (else `source`)."""
+        if not self.config.train_dit.get("cache_latents", False):
+            return source
+        encode = jax.jit(lambda video_bthwc: vae_moments(self.vae, self.vae_params, video_bthwc, tiled=False))
+        moments = encode_source(source, encode, batch_size=self.config.train_dit.batch_size,
+                                directory=directory, progress=progress)
+        return CachedLatentSource(source, moments)
+
     def prepare_batch(self, batch):
         ids, mask = self.model.tokenizer([str(c) for c in batch["caption"]])
-        return {"video": np.asarray(batch["video"], np.float32), "ids": ids, "mask": mask}
+        key = "latent_moments" if "latent_moments" in batch else "video"
+        return {key: np.asarray(batch[key], np.float32), "ids": ids, "mask": mask}
 
     def loss_fn(self, params, batch, rng):
         encode_rng, rng = jax.random.split(rng)
-        latents = jax.lax.stop_gradient(
-            vae_encode(self.vae, self.vae_params, batch["video"], rng=encode_rng, tiled=False))
+        if "latent_moments" in batch:
+            moments_b2thwc = batch["latent_moments"]
+            latents = sample_latent(moments_b2thwc[:, 0], moments_b2thwc[:, 1], encode_rng) * self.vae.config.scaling_factor
+        else:
+            latents = jax.lax.stop_gradient(
+                vae_encode(self.vae, self.vae_params, batch["video"], rng=encode_rng, tiled=False))
         return self.latent_loss(params, latents, batch["ids"], batch["mask"], rng)
 
     def latent_loss(self, params, latents_bthwc, ids_bl, mask_bl, rng):
