@@ -73,7 +73,10 @@ def equivalence_config():
     4 x 4 x 4 = 64 tokens, divisible by the context axis. Every sharded dimension divides its
     axis: widths 16/24, mlp 32/96, VAE channels 4/8/16."""
     config = tiny_config(tempfile.gettempdir())
-    config.dit.update(num_layers=1, width=24, num_heads=4, caption_channels=16)
+    # The geometry these checks were sized for (time and space halved, patch (1, 2, 2)), whatever the
+    # quickstart's VAE and patch are.
+    config.vae.update(block_out_channels=(4, 8), temporal_downsample=(True, False), spatial_downsample=(True, False))
+    config.dit.update(num_layers=1, width=24, num_heads=4, caption_channels=16, patch_thw=(1, 2, 2))
     config.text.encoder.update(width=16, num_layers=1, num_heads=4, head_dim=4, mlp_dim=32)
     for train_cfg in (config.train_vae, config.train_dit):
         train_cfg.batch_size = BATCH
