@@ -11,6 +11,7 @@ Result:   2026-12-01: trained in 501 s (VAE 400 steps, one encoding pass over th
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from t2v_jax.data.loader import bouncing_digits_config
 from t2v_jax.models import text_encoder, video_dit, video_vae
@@ -54,10 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # v on a cosine schedule with every SNR divided by 9: eight frames of one glyph stay readable under
     # noise that would erase one frame, so the unshifted schedule trains mostly where the caption no
-    # longer matters (section 4). No min-SNR weight: it would take weight off those noisy steps.
+    # longer matters (section 4). No min-SNR weight (None, typed float so that a flag can set one): it
+    # would take weight off those noisy steps.
     config.diffusion = ml_collections.ConfigDict(dict(
         schedule="cosine", num_train_steps=1000, beta_start=1e-4, beta_end=0.02,
-        prediction_type="v", min_snr_gamma=None, snr_shift=3.0))
+        prediction_type="v", min_snr_gamma=config_dict.placeholder(float), snr_shift=3.0))
     config.sampling = ml_collections.ConfigDict(dict(
         method="ddim", num_steps=50, guidance_scale=4.0, eta=0.0, negative_prompt=""))
 
