@@ -93,8 +93,7 @@ class _DecodeRecord(grain.transforms.Map):
     """Text comes back from tfds as bytes; keep only what the model and the judge use."""
 
     def map(self, record):
-        caption = record["caption"]
-        example = {"caption": caption.decode("utf-8") if isinstance(caption, bytes) else caption}
+        example = {"caption": record["caption"].decode("utf-8")}
         for key in ("video", "latent_moments"):
             if key in record:
                 example[key] = record[key]

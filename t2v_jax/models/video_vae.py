@@ -553,6 +553,12 @@ def vae_encode(vae: VideoVAE, params, video_bthwc, *, rng=None, tiled=True):
     Pure and traceable: call it inside the caller's `jax.jit`.
     """
     mean_bthwc, logvar_bthwc = vae_moments(vae, params, video_bthwc, tiled=tiled)
+    return latents_from_moments(vae, mean_bthwc, logvar_bthwc, rng=rng)
+
+
+def latents_from_moments(vae: VideoVAE, mean_bthwc, logvar_bthwc, *, rng=None):
+    """Posterior moments (from `vae_moments`, or a cache of them) -> latents * scaling_factor: a sample
+    when `rng` is given, else the mean."""
     z_bthwc = mean_bthwc if rng is None else sample_latent(mean_bthwc, logvar_bthwc, rng)
     return z_bthwc * vae.config.scaling_factor
 

@@ -27,8 +27,9 @@ def encode_source(source, encode_moments, *, batch_size: int, directory: str, pr
     `encode_moments(video_bthwc) -> (mean, logvar)` must be jitted by the caller.
     """
     path = os.path.join(directory, CACHE_FILE)
-    first_mean, _ = encode_moments(np.asarray(source[0]["video"], np.float32)[None] / 127.5 - 1.0)
-    shape = (len(source), 2, *first_mean.shape[1:])
+    video_thwc = np.asarray(source[0]["video"])
+    mean_shape = jax.eval_shape(encode_moments, jax.ShapeDtypeStruct((1, *video_thwc.shape), np.float32))[0].shape
+    shape = (len(source), 2, *mean_shape[1:])
     if os.path.exists(path):
         cached = np.load(path, mmap_mode="r")
         if cached.shape == shape:

@@ -18,7 +18,7 @@ from t2v_jax.diffusion.losses import diffusion_loss
 from t2v_jax.models import fsq_tokenizer, retnet_video
 from t2v_jax.models.text_encoder import ByteTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
-from t2v_jax.models.video_vae import VideoVAE, kl_divergence, sample_latent, vae_encode, vae_moments
+from t2v_jax.models.video_vae import VideoVAE, kl_divergence, latents_from_moments, vae_encode, vae_moments
 from t2v_jax.train.latent_cache import CachedLatentSource, encode_source
 
 
@@ -102,7 +102,7 @@ class DiTStage:
         encode_rng, rng = jax.random.split(rng)
         if "latent_moments" in batch:
             moments_b2thwc = batch["latent_moments"]
-            latents = sample_latent(moments_b2thwc[:, 0], moments_b2thwc[:, 1], encode_rng) * self.vae.config.scaling_factor
+            latents = latents_from_moments(self.vae, moments_b2thwc[:, 0], moments_b2thwc[:, 1], rng=encode_rng)
         else:
             latents = jax.lax.stop_gradient(
                 vae_encode(self.vae, self.vae_params, batch["video"], rng=encode_rng, tiled=False))
