@@ -3,11 +3,10 @@
 Command:  python scripts/train.py --config configs/quickstart_long.py --workdir runs/long
           python scripts/eval.py --config configs/quickstart_long.py --checkpoint runs/long --num 256 --seed 1234
 Hardware: 2-core x86-64 CPU, 24 GiB, no accelerator.
-Result:   2026-12-01, 256 test-set prompts: all three 91.8%, digit 91.8%, colour 100%, direction 100%,
-          identity 88.4%. Trained in 4749 s wall-clock, of which 597 s paused (SIGSTOP) while the
-          quickstart was measured: 69 min of training on a CPU shared with the test suite and another
-          training run for most of it, so its time on an idle CPU is not yet measured (the issue asks
-          for at most 60 minutes). The VAE's ceiling (--reconstruct): all three 94.1%, PSNR 22.5 dB.
+Result:   2026-12-01, idle CPU: trained in 2149 s (VAE 744 s, DiT 1397 s), 2216 s (37 min) in all with
+          256 test-set prompts judged: all three 91.8%, digit 91.8%, colour 100%, direction 100%, identity
+          88.4% (the same figures as an earlier run on a shared CPU). The VAE's ceiling (--reconstruct):
+          all three 94.1%, PSNR 22.5 dB.
 
 Same models as configs/quickstart.py; the VAE trains 3.75x and the DiT 6x as long.
 """
