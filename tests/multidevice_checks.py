@@ -75,7 +75,8 @@ def equivalence_config():
     config = tiny_config(tempfile.gettempdir())
     # The geometry these checks were sized for (time and space halved, patch (1, 2, 2)), whatever the
     # quickstart's VAE and patch are.
-    config.vae.update(block_out_channels=(4, 8), temporal_downsample=(True, False), spatial_downsample=(True, False))
+    config.vae.update(block_out_channels=(4, 8), temporal_layers=True, temporal_downsample=(True, False),
+                      spatial_downsample=(True, False))
     config.dit.update(num_layers=1, width=24, num_heads=4, caption_channels=16, patch_thw=(1, 2, 2))
     config.text.encoder.update(width=16, num_layers=1, num_heads=4, head_dim=4, mlp_dim=32)
     for train_cfg in (config.train_vae, config.train_dit):

@@ -25,6 +25,9 @@ def test_quickstart_config_is_valid(config):
     ("diffusion.prediction_type", "score", r"config\.diffusion\.prediction_type: 'score' is not allowed"),
     ("dit.attention", "flash", r"config\.dit\.attention: 'flash' is not allowed"),
     ("dit.remat_policy", "some", r"config\.dit\.remat_policy"),
+    ("dit.scan_unroll", 0, r"config\.dit\.scan_unroll: 0 must be a positive integer"),
+    ("vae.temporal_downsample", (True, False, False),
+     r"config\.vae\.temporal_layers: False leaves no layer that can halve time"),
     ("mesh.preset", "zero", r"config\.mesh\.preset: 'zero' is not allowed"),
     ("sampling.num_steps", 0, r"config\.sampling\.num_steps: must be in \[1, "),
     ("data.canvas", 20, r"config\.data \(8 frames, 20 px\): canvas must be a positive multiple of 16"),
@@ -56,6 +59,7 @@ def test_unavailable_attention_kernel_is_rejected(config):
 
 
 def test_frames_must_fit_the_vae_time_downsampling(config):
+    config.vae.temporal_layers = True
     config.vae.temporal_downsample = (True, False, False)
     config.data.num_frames = 7
     with pytest.raises(ConfigError, match=r"config\.data\.num_frames: 7 frames .* multiples of 2"):

@@ -119,6 +119,24 @@ def test_remat_policies_give_identical_outputs_and_gradients(setup):
                                                              err_msg=policy), grads, want_grads)
 
 
+def test_scan_unroll_gives_identical_outputs_and_gradients(setup):
+    """Unrolling the block scan changes the loop, not the parameters' layout or the numbers; the loop is
+    gone from the program when every layer is unrolled."""
+    _, params, _, (x, t, context, mask) = setup
+
+    def loss_fn(unroll):
+        model = VideoDiT(tiny_config(scan_unroll=unroll))
+        return lambda p: jnp.mean(model.apply({"params": p}, x, t, context, mask) ** 2)
+
+    want_loss, want_grads = jax.jit(jax.value_and_grad(loss_fn(1)))(params)
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn(2)))(params)
+    assert float(jnp.abs(want_grads["blocks"]["attn1"]["query"]["kernel"][1]).max()) > 0
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), grads, want_grads)
+    loops = {unroll: jax.jit(loss_fn(unroll)).lower(params).as_text().count("stablehlo.while") for unroll in (1, 2)}
+    assert loops[1] > 0 and loops[2] == 0
+
+
 def test_remat_policy_reaches_the_checkpoint(setup):
     """The config string maps to the intended jax.checkpoint policy ("none": no remat at all)."""
     _, params, _, (x, t, context, mask) = setup

@@ -258,6 +258,10 @@ def test_check_frames_and_config_errors():
     bad.temporal_upsample = (False, False, False)
     with pytest.raises(ValueError, match="temporal_upsample"):
         vv.validate_config(bad)
+    bad = vv.default_config()
+    bad.temporal_layers = False
+    with pytest.raises(ValueError, match="temporal_layers=False cannot change the frame count"):
+        vv.validate_config(bad)
     with pytest.raises(ValueError, match="temporal_downsample"):
         vv.vae_encode(vv.VideoVAE(vv.default_config()), {}, jnp.zeros((1, 5, 32, 32, 3)))
 
@@ -269,3 +273,32 @@ def test_temporal_upsample_defaults_to_the_mirrored_encoder():
     mirrored = allegro.copy_and_resolve_references()
     mirrored.temporal_upsample = None
     assert vv.temporal_upsample(mirrored) == tuple(allegro.temporal_upsample) == (False, True, True, False)
+
+
+def test_without_temporal_layers_every_frame_is_coded_alone():
+    """temporal_layers=False is a per-frame image VAE: a video's latents and reconstruction are those of its
+    frames coded one by one, and no temporal parameter exists. With the temporal layers (and random
+    parameters) frames mix, so the comparison can fail."""
+    cfg = _tiny_config()
+    cfg.temporal_downsample = (False, False, False)
+    cfg.mid_attention = False
+    video = _video((1, 4, 16, 16, 3), 3)
+    frames_t1hwc = video[0][:, None]  # each frame a one-frame video
+
+    def code(vae, params):
+        apply = jax.jit(lambda v: vae.apply(params, v, sample_posterior=False)[:2])
+        return apply(video), jax.vmap(lambda f: apply(f[None]))(frames_t1hwc)
+
+    cfg.temporal_layers = False
+    image_vae = vv.VideoVAE(cfg)
+    params = _numpy_params(image_vae, video.shape, 4, zero_last_temporal_conv=False)
+    assert not any("temp" in "/".join(path) for path in traverse_util.flatten_dict(params["params"]))
+    (recon, mean), (recon_frames, mean_frames) = code(image_vae, params)
+    np.testing.assert_allclose(mean[0], mean_frames[:, 0, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(recon[0], recon_frames[:, 0, 0], rtol=1e-5, atol=1e-5)
+
+    cfg.temporal_layers = True
+    video_vae = vv.VideoVAE(cfg)
+    temporal_params = _numpy_params(video_vae, video.shape, 4, zero_last_temporal_conv=False)
+    (recon, _), (recon_frames, _) = code(video_vae, temporal_params)
+    assert float(jnp.abs(recon[0] - recon_frames[:, 0, 0]).max()) > 1e-2

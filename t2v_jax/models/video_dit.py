@@ -9,7 +9,8 @@ timestep MLP for the whole network, plus a learned (6, width) table per block.
 
 Blocks are one `nn.scan` over a stacked layer axis (one compiled block, parameters with a
 leading "layers" axis) wrapped in `nn.remat` with a policy from the config, so depth costs
-neither compile time nor activation memory beyond the chosen policy.
+neither compile time nor activation memory beyond the chosen policy. `scan_unroll` layers run per
+loop iteration: the parameters keep their stacked layout whatever its value.
 """
 
 import functools
@@ -51,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
     Two options Allegro does not use (its configs keep them off): `absolute_position="sincos"` adds
     fixed 3D sinusoidal positions to the patch tokens, on top of RoPE; `pooled_text=True` adds a
     projection of the caption's masked mean to the embedded timestep that drives AdaLN-single.
+    `scan_unroll` (how many layers one iteration of the block scan runs; the same numbers whatever
+    its value): num_layers or more removes the loop, whose per-layer parameter slices and gradient
+    stacking make a 4-layer width-96 training step 1.5x slower on 2 CPU cores.
     """
     return ml_collections.ConfigDict(dict(
         num_layers=4,
@@ -67,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
         pooled_text=False,
         attention="xla",
         remat_policy="none",
+        scan_unroll=1,
         dtype="float32",
         param_dtype="float32",
     ))
@@ -160,6 +165,7 @@ def block_stack(config):
         block = nn.remat(block, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                    in_axes=(nn.broadcast,) * 5, length=config.num_layers,
+                   unroll=min(config.get("scan_unroll", 1), config.num_layers),
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
 

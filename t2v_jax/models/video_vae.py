@@ -59,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
         width at its end; the last block never does. The decoder mirrors spatial_downsample.
       temporal_upsample: per decoder block, whether it doubles time at its end (diffusers'
         `temporal_upsample_blocks`); None mirrors temporal_downsample.
+      temporal_layers: False drops every temporal block and temp_conv_in/out: a per-frame image VAE
+        (Stable Diffusion's AutoencoderKL layout, which LaVie uses) that trains on single frames
+        with no clip edges to mistrain; it cannot down- or upsample time.
       norm_num_groups: GroupNorm groups; must divide every entry of block_out_channels.
       mid_attention: per-frame spatial self-attention in the mid blocks (as in Allegro).
       attention_implementation: kernel name for `t2v_jax.layers.attention`.
@@ -77,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.temporal_downsample = (True, False, False)
     cfg.spatial_downsample = (True, True, False)
     cfg.temporal_upsample = None
+    cfg.temporal_layers = True
     cfg.norm_num_groups = 8
     cfg.mid_attention = True
     cfg.attention_implementation = "xla"
@@ -137,6 +141,9 @@ def validate_config(cfg) -> None:
         raise ValueError(f"temporal_upsample={upsample} needs one entry per block ({n}) "
                          f"and as many True as temporal_downsample={tuple(cfg.temporal_downsample)}, so "
                          "that decoding restores the frame count")
+    if not cfg.get("temporal_layers", True) and any(upsample):
+        raise ValueError(f"temporal_layers=False cannot change the frame count: temporal_downsample="
+                         f"{tuple(cfg.temporal_downsample)} and temporal_upsample={upsample} must be all False")
     for channels in cfg.block_out_channels:
         if channels % cfg.norm_num_groups:
             raise ValueError(f"norm_num_groups={cfg.norm_num_groups} must divide block_out_channels "
@@ -282,16 +289,20 @@ class MidBlock(nn.Module):
     num_groups: int
     use_attention: bool
     attention_implementation: str
+    temporal_layers: bool = True
 
     @nn.compact
     def __call__(self, x_bthwc):
         x_bthwc = ResnetBlock2D(self.features, self.num_groups, name="resnets_0")(x_bthwc)
-        x_bthwc = TemporalBlock(self.features, self.num_groups, name="temp_convs_0")(x_bthwc)
+        if self.temporal_layers:
+            x_bthwc = TemporalBlock(self.features, self.num_groups, name="temp_convs_0")(x_bthwc)
         if self.use_attention:
             x_bthwc = SpatialSelfAttention(self.num_groups, self.attention_implementation,
                                            name="attentions_0")(x_bthwc)
         x_bthwc = ResnetBlock2D(self.features, self.num_groups, name="resnets_1")(x_bthwc)
-        return TemporalBlock(self.features, self.num_groups, name="temp_convs_1")(x_bthwc)
+        if self.temporal_layers:
+            x_bthwc = TemporalBlock(self.features, self.num_groups, name="temp_convs_1")(x_bthwc)
+        return x_bthwc
 
 
 class DownBlock(nn.Module):
@@ -300,12 +311,14 @@ class DownBlock(nn.Module):
     num_groups: int
     temporal_downsample: bool
     spatial_downsample: bool
+    temporal_layers: bool = True
 
     @nn.compact
     def __call__(self, x_bthwc):
         for i in range(self.num_layers):
             x_bthwc = ResnetBlock2D(self.features, self.num_groups, name=f"resnets_{i}")(x_bthwc)
-            x_bthwc = TemporalBlock(self.features, self.num_groups, name=f"temp_convs_{i}")(x_bthwc)
+            if self.temporal_layers:
+                x_bthwc = TemporalBlock(self.features, self.num_groups, name=f"temp_convs_{i}")(x_bthwc)
         if self.temporal_downsample:
             x_bthwc = TemporalBlock(self.features, self.num_groups, "down", name="temp_convs_down")(x_bthwc)
         if self.spatial_downsample:
@@ -320,12 +333,14 @@ class UpBlock(nn.Module):
     num_groups: int
     temporal_upsample: bool
     spatial_upsample: bool
+    temporal_layers: bool = True
 
     @nn.compact
     def __call__(self, x_bthwc):
         for i in range(self.num_layers):
             x_bthwc = ResnetBlock2D(self.features, self.num_groups, name=f"resnets_{i}")(x_bthwc)
-            x_bthwc = TemporalBlock(self.features, self.num_groups, name=f"temp_convs_{i}")(x_bthwc)
+            if self.temporal_layers:
+                x_bthwc = TemporalBlock(self.features, self.num_groups, name=f"temp_convs_{i}")(x_bthwc)
         if self.temporal_upsample:
             x_bthwc = TemporalBlock(self.features, self.num_groups, "up", name="temp_conv_up")(x_bthwc)
         if self.spatial_upsample:
@@ -334,8 +349,10 @@ class UpBlock(nn.Module):
         return x_bthwc
 
 
-def _temporal_residual(x_bthwc, name):
-    """Allegro's `temp_conv_in/out`: x + (3,1,1) conv with zero padding."""
+def _temporal_residual(x_bthwc, name, enabled=True):
+    """Allegro's `temp_conv_in/out`: x + (3,1,1) conv with zero padding; the identity without temporal layers."""
+    if not enabled:
+        return x_bthwc
     return x_bthwc + TemporalConv(x_bthwc.shape[-1], temporal_padding="zeros", name=name)(x_bthwc)
 
 
@@ -348,19 +365,21 @@ class Encoder(nn.Module):
     spatial_downsample: Sequence[bool]
     mid_attention: bool
     attention_implementation: str
+    temporal_layers: bool = True
 
     @nn.compact
     def __call__(self, x_bthwc):
+        temporal = self.temporal_layers
         x_bthwc = _conv2d(self.block_out_channels[0], 3, name="conv_in")(x_bthwc)
-        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in")
+        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in", temporal)
         for i, features in enumerate(self.block_out_channels):
             x_bthwc = _constrain(DownBlock(features, self.layers_per_block, self.num_groups,
                                            self.temporal_downsample[i], self.spatial_downsample[i],
-                                           name=f"down_blocks_{i}")(x_bthwc))
+                                           temporal, name=f"down_blocks_{i}")(x_bthwc))
         x_bthwc = MidBlock(self.block_out_channels[-1], self.num_groups, self.mid_attention,
-                           self.attention_implementation, name="mid_block")(x_bthwc)
+                           self.attention_implementation, temporal, name="mid_block")(x_bthwc)
         x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
-        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out")
+        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out", temporal)
         return _conv2d(self.out_channels, 3, name="conv_out")(x_bthwc)
 
 
@@ -376,23 +395,25 @@ class Decoder(nn.Module):
     spatial_downsample: Sequence[bool]
     mid_attention: bool
     attention_implementation: str
+    temporal_layers: bool = True
 
     @nn.compact
     def __call__(self, z_bthwc):
+        temporal = self.temporal_layers
         channels = tuple(reversed(self.block_out_channels))
         n = len(channels)
         x_bthwc = _conv2d(channels[0], 3, name="conv_in")(z_bthwc)
-        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in")
+        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in", temporal)
         x_bthwc = _constrain(MidBlock(channels[0], self.num_groups, self.mid_attention,
-                                      self.attention_implementation, name="mid_block")(x_bthwc))
+                                      self.attention_implementation, temporal, name="mid_block")(x_bthwc))
         for i, features in enumerate(channels):
             mirrored = n - 2 - i
             x_bthwc = _constrain(UpBlock(features, self.layers_per_block + 1, self.num_groups,
                                          bool(self.temporal_upsample[i]),
                                          mirrored >= 0 and bool(self.spatial_downsample[mirrored]),
-                                         name=f"up_blocks_{i}")(x_bthwc))
+                                         temporal, name=f"up_blocks_{i}")(x_bthwc))
         x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
-        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out")
+        x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out", temporal)
         return _conv2d(self.out_channels, 3, name="conv_out")(x_bthwc)
 
 
@@ -418,7 +439,8 @@ class VideoVAE(nn.Module):
         validate_config(cfg)
         common = dict(block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
                       num_groups=cfg.norm_num_groups, spatial_downsample=tuple(cfg.spatial_downsample),
-                      mid_attention=cfg.mid_attention, attention_implementation=cfg.attention_implementation)
+                      mid_attention=cfg.mid_attention, attention_implementation=cfg.attention_implementation,
+                      temporal_layers=cfg.get("temporal_layers", True))
         self.encoder = Encoder(out_channels=2 * cfg.latent_channels,
                                temporal_downsample=tuple(cfg.temporal_downsample), **common)
         self.decoder = Decoder(out_channels=3, temporal_upsample=temporal_upsample(cfg), **common)

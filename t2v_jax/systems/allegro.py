@@ -35,8 +35,8 @@ from t2v_jax.train.stages import VAEStage
 # the patch (x2) divide it.
 RESOLUTIONS = {"88x720p": (88, 720, 1280), "40x720p": (40, 720, 1280), "40x360p": (40, 368, 640)}
 # Config fields that say how to run a model rather than what it is: they may differ from the checkpoint.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "remat_policy", "dropout", "tile_frames", "tile_size",
-                   "tile_overlap_frames", "tile_overlap")
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "remat_policy", "scan_unroll", "dropout", "tile_frames",
+                   "tile_size", "tile_overlap_frames", "tile_overlap")
 
 
 def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:

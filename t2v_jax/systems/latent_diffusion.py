@@ -33,6 +33,9 @@ def validate_model(config) -> None:
             "splits it in three rotate-half chunks")
     check_implementation(dit.attention, "dit.attention")
     one_of(dit.remat_policy, "dit.remat_policy", video_dit.REMAT_POLICIES)
+    unroll = dit.get("scan_unroll", 1)
+    require(isinstance(unroll, int) and unroll >= 1, "dit.scan_unroll",
+            f"{unroll!r} must be a positive integer (dit.num_layers={dit.num_layers} or more unrolls every layer)")
     one_of(dit.get("absolute_position", "none"), "dit.absolute_position", video_dit.ABSOLUTE_POSITIONS)
     one_of(dit.dtype, "dit.dtype", DTYPES)
     require(dit.in_channels == vae.latent_channels, "dit.in_channels",
@@ -42,6 +45,9 @@ def validate_model(config) -> None:
     for field in ("temporal_downsample", "spatial_downsample"):
         require(len(vae[field]) == len(vae.block_out_channels), f"vae.{field}",
                 f"needs one entry per block ({len(vae.block_out_channels)}), got {len(vae[field])}")
+    require(vae.get("temporal_layers", True) or video_vae.temporal_compression(vae) == 1, "vae.temporal_layers",
+            f"False leaves no layer that can halve time; set vae.temporal_downsample="
+            f"{(False,) * len(vae.block_out_channels)}")
     for channels in vae.block_out_channels:
         require(channels % vae.norm_num_groups == 0, "vae.block_out_channels",
                 f"{channels} is not divisible by vae.norm_num_groups={vae.norm_num_groups}")
