@@ -5,9 +5,9 @@ Hardware: 2-core x86-64 CPU, 24 GiB, no accelerator, nothing else running.
 Result:   2026-12-01, idle CPU: trained in 565 s (VAE 600 steps 111 s, one 13 s encoding pass over the
           8000 training videos, DiT 3600 steps 423 s), 597 s in all with sampling and judging 256
           test-set prompts: all three 24.6%, digit 24.6%, colour 100%, direction 100%, identity 55.7%
-          (frames without a digit count as failures). The same system with 4000 DiT steps reached 33.6%
-          in 611 s, over the 10 minutes; the issue-11 target (25% in 10 minutes) is at the edge, and the
-          digit is what is left: docs/latent_diffusion_study.md, section 11.
+          (frames without a digit count as failures). The digit arrives abruptly near this step count
+          (3500 steps: 9.8%; 3800 with 25 DDIM steps: 34.8% in 601 s; 4000: 33.6% in 611 s), so the 25%
+          target of issue 11 is at the edge of 10 minutes: docs/latent_diffusion_study.md, section 11.
           Longer: configs/quickstart_long.py. See BENCHMARKS.md.
 """
 
