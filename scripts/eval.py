@@ -70,7 +70,7 @@ def main(argv):
             raise ValueError(f"system {system.name!r} has no first-stage autoencoder to reconstruct with")
         scores = reconstruct_and_judge(system.load_autoencoder(config, _CHECKPOINT.value), config.data, _NUM.value,
                                        _SEED.value)
-        print(format_scores(scores) + f" | PSNR {scores['psnr']:.1f} dB")
+        print(format_scores(scores))
         print(json.dumps(scores))
         return
     if _CHECKPOINT.value:

@@ -9,6 +9,7 @@ import pytest
 
 from t2v_jax.data import bouncing_digits as bd
 from t2v_jax.eval import judge as judge_lib
+from t2v_jax.eval.evaluate import format_scores
 from t2v_jax.eval.metrics import psnr, ssim
 
 NUM_TEST_VIDEOS = 300
@@ -57,6 +58,23 @@ def test_ground_truth_train_videos_score_perfectly(judge):
     videos_nthwc, captions = bd.sample_videos(100, "train", seed=1)
     scores = judge.score(videos_nthwc, captions)
     assert scores["all"] == 1.0 and scores["identity_consistency"] == 1.0
+
+
+def test_digit_accuracy_by_class_follows_the_prompted_digit(judge):
+    """Prompts that say 4 over videos of 3s: class 4 keeps only its true 4s, no prompt asks for 3,
+    and every other class stays perfect."""
+    videos_nthwc, captions = bd.sample_videos(100, "train", seed=1)
+    digits_n = np.array([judge_lib.parse_caption(c)[0] for c in captions])
+    relabelled = [c.replace(" 3 ", " 4 ") for c in captions]
+    by_class = judge.score(videos_nthwc, relabelled)["digit_by_class"]
+    num_threes, num_fours = (digits_n == 3).sum(), (digits_n == 4).sum()
+    assert num_threes > 0 and num_fours > 0
+    assert by_class[3] is None
+    assert by_class[4] == pytest.approx(num_fours / (num_fours + num_threes))
+    assert [by_class[d] for d in range(10) if d not in (3, 4)] == [1.0] * 8
+    by_class_line = format_scores(judge.score(videos_nthwc, relabelled)).splitlines()[1]
+    assert by_class_line.split(": ", 1)[1].split() == [
+        f"{d}:{'-' if d == 3 else format(by_class[d], '.0%')}" for d in range(10)]
 
 
 def test_shuffled_prompts_score_near_chance(judge, test_videos):

@@ -46,6 +46,14 @@ def reconstruct_and_judge(round_trip, data_cfg, num_videos: int, seed: int, *, b
 
 
 def format_scores(scores: dict) -> str:
-    return (f"prompt accuracy (all three) {scores['all']:.1%} | digit {scores['digit']:.1%} | "
+    """The judge's scores in one line, then the digit accuracy of each class when the scores have it."""
+    line = (f"prompt accuracy (all three) {scores['all']:.1%} | digit {scores['digit']:.1%} | "
             f"colour {scores['colour']:.1%} | direction {scores['direction']:.1%} | "
             f"identity consistency {scores['identity_consistency']:.1%} | {scores['num_videos']} videos")
+    if "psnr" in scores:
+        line += f" | PSNR {scores['psnr']:.1f} dB"
+    if "digit_by_class" not in scores:
+        return line
+    by_class = " ".join(f"{digit}:{'-' if accuracy is None else f'{accuracy:.0%}'}"
+                        for digit, accuracy in enumerate(scores["digit_by_class"]))
+    return f"{line}\ndigit accuracy by prompted digit: {by_class}"

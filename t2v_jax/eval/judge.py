@@ -348,7 +348,8 @@ class Judge:
 
     def score(self, videos_nthwc_uint8, prompts):
         """Accuracy of digit, colour, direction, all three at once, and per-frame identity consistency: the
-        fraction of frames that show a digit and read as the video's digit."""
+        fraction of frames that show a digit and read as the video's digit. `digit_by_class[d]` is the digit
+        accuracy over the prompts that ask for d (None when none do)."""
         prompts = list(prompts)
         if len(prompts) != len(videos_nthwc_uint8):
             raise ValueError(f"{len(videos_nthwc_uint8)} videos but {len(prompts)} prompts")
@@ -359,12 +360,16 @@ class Judge:
         direction_ok = predicted["direction"] == targets_n3[:, 2]
         consistent_nt = predicted["frame_found"] & (predicted["frame_digits"] == predicted["digit"][:, None])
         consistency_n = consistent_nt.mean(axis=1)
+        # Models learn the digit one class at a time, so the mean hides which glyphs they can draw.
+        asks_for_nd = targets_n3[:, 0, None] == np.arange(10)
+        digit_by_class = [float(digit_ok[asks_n].mean()) if asks_n.any() else None for asks_n in asks_for_nd.T]
         return dict(
             digit=float(digit_ok.mean()),
             colour=float(colour_ok.mean()),
             direction=float(direction_ok.mean()),
             all=float((digit_ok & colour_ok & direction_ok).mean()),
             identity_consistency=float(consistency_n.mean()),
+            digit_by_class=digit_by_class,
             num_videos=len(prompts),
         )
 

@@ -52,22 +52,26 @@ def encode_source(source, encode_moments, *, batch_size: int, directory: str, pr
 
 class CachedLatentSource:
     """A grain RandomAccessDataSource: the wrapped source's records with "video" swapped for the
-    cached "latent_moments" (2, *latent) float32."""
+    cached "latent_moments" (2, *latent) float32.
+
+    The records' other fields (captions, labels) are read once here and kept, so a training step
+    does not read and decode a video only to drop it (0.25 ms a record on the CPU, about 4% of a
+    quickstart DiT step).
+    """
 
     def __init__(self, source, moments):
         if len(source) != len(moments):
             raise ValueError(f"the cache holds {len(moments)} videos but the source has {len(source)}")
         self.source = source
         self.moments = moments
+        self.records = [{key: value for key, value in source[index].items() if key != "video"}
+                        for index in range(len(source))]
 
     def __len__(self):
-        return len(self.source)
+        return len(self.records)
 
     def __getitem__(self, index):
-        record = dict(self.source[index])
-        del record["video"]
-        record["latent_moments"] = self.moments[index]
-        return record
+        return dict(self.records[index], latent_moments=self.moments[index])
 
     def __repr__(self):
         return f"CachedLatentSource({self.source!r}, {self.moments.shape})"
