@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from t2v_jax.data.loader import bouncing_digits_config
+from t2v_jax.diffusion.samplers import sampling_config
 from t2v_jax.models import text_encoder, video_dit, video_vae
 from t2v_jax.train.trainer import train_config
 
@@ -67,8 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict(dict(
         schedule="cosine", num_train_steps=1000, beta_start=1e-4, beta_end=0.02,
         prediction_type="v", min_snr_gamma=config_dict.placeholder(float), snr_shift=3.0))
-    config.sampling = ml_collections.ConfigDict(dict(
-        method="ddim", num_steps=25, guidance_scale=4.0, eta=0.0, negative_prompt=""))
+    config.sampling = sampling_config(method="ddim", num_steps=25, guidance_scale=4.0)
 
     # The VAE trains on one random frame of each of 64 videos per step.
     config.train_vae = train_config(num_steps=600, batch_size=64, learning_rate=3e-3, kl_weight=1e-4,

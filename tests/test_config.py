@@ -45,6 +45,28 @@ def test_invalid_field_is_named(config, field, value, message):
         validate(config, num_devices=1)
 
 
+@pytest.mark.parametrize("fields, message", [
+    (dict(timestep_spacing="uniform"), r"config\.sampling\.timestep_spacing: 'uniform' is not allowed"),
+    (dict(steps_offset=1), r"config\.sampling\.steps_offset: shifts 'leading' timesteps only"),
+    (dict(timestep_spacing="leading", steps_offset=40),
+     r"config\.sampling\.steps_offset: 40 must be below N // K = 40 \(N = diffusion\.num_train_steps = 1000, "
+     r"K = sampling\.num_steps = 25\)"),
+    (dict(timestep_spacing="leading", steps_offset=-1), r"config\.sampling\.steps_offset: must be a non-negative"),
+    (dict(method="ddpm", set_alpha_to_one=False), r"config\.sampling\.set_alpha_to_one: False is DDIM's"),
+    (dict(method="euler_ancestral", timestep_spacing="leading"),
+     r"config\.sampling\.timestep_spacing: 'leading' applies to ddpm and ddim"),
+])
+def test_invalid_timestep_spacing_is_named(config, fields, message):
+    config.sampling.update(fields)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_devices=1)
+
+
+def test_stable_diffusion_spacing_is_valid(config):
+    config.sampling.update(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
+    validate(config, num_devices=1)
+
+
 def test_head_dim_must_split_into_three_rope_chunks(config):
     config.dit.width = 40
     with pytest.raises(ConfigError, match=r"config\.dit\.width: head dim 40/4=10 must be divisible by 6"):

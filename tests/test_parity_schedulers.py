@@ -18,15 +18,18 @@ SHAPE = (2, 3, 4, 5)
 PREDICTION_NAMES = {"eps": "epsilon", "v": "v_prediction"}
 
 
-def _reference_scheduler(method, prediction_type):
+TRAILING = dict(timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True)
+
+
+def _reference_scheduler(method, prediction_type, spacing):
     common = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                   prediction_type=PREDICTION_NAMES[prediction_type])
     if method == "ddpm":
-        return diffusers.DDPMScheduler(timestep_spacing="trailing", clip_sample=False,
+        return diffusers.DDPMScheduler(timestep_spacing=spacing["timestep_spacing"],
+                                       steps_offset=spacing["steps_offset"], clip_sample=False,
                                        variance_type="fixed_small", **common)
     if method == "ddim":
-        return diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True,
-                                       **common)
+        return diffusers.DDIMScheduler(clip_sample=False, **spacing, **common)
     return diffusers.EulerAncestralDiscreteScheduler(**common)  # Allegro's: defaults, "linspace"
 
 
@@ -54,19 +57,32 @@ def _our_step(method, x_t, pred, t, t_prev, schedule, prediction_type, noise, et
     return step(x_t, x0, eps, t, t_prev, schedule, noise=noise)
 
 
-@pytest.mark.parametrize("method,prediction_type,num_steps,eta", [
-    ("ddpm", "eps", 50, 0.0),
-    ("ddpm", "v", 20, 0.0),
-    ("ddim", "eps", 50, 0.0),
-    ("ddim", "v", 25, 1.0),
-    ("euler_ancestral", "eps", 100, 0.0),
-    ("euler_ancestral", "v", 30, 0.0),
+# Stable Diffusion's scheduler settings (LaVie samples with them): "leading" with steps_offset=1 and,
+# for DDIM, set_alpha_to_one=False; "linspace" with step counts that do not divide 1000.
+SD = dict(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False)
+LINSPACE = dict(timestep_spacing="linspace", steps_offset=0, set_alpha_to_one=True)
+
+
+@pytest.mark.parametrize("method,prediction_type,num_steps,eta,spacing", [
+    ("ddpm", "eps", 50, 0.0, TRAILING),
+    ("ddpm", "v", 20, 0.0, TRAILING),
+    ("ddim", "eps", 50, 0.0, TRAILING),
+    ("ddim", "v", 25, 1.0, TRAILING),
+    ("euler_ancestral", "eps", 100, 0.0, TRAILING),
+    ("euler_ancestral", "v", 30, 0.0, TRAILING),
+    ("ddim", "eps", 50, 0.0, SD),
+    ("ddim", "v", 30, 1.0, SD),
+    ("ddim", "eps", 30, 0.0, LINSPACE),
+    ("ddim", "v", 50, 0.0, dict(TRAILING, set_alpha_to_one=False)),
+    ("ddpm", "eps", 50, 0.0, dict(SD, set_alpha_to_one=True)),
+    ("ddpm", "v", 30, 0.0, LINSPACE),
 ])
-def test_steps_match_diffusers(method, prediction_type, num_steps, eta):
-    reference = _reference_scheduler(method, prediction_type)
+def test_steps_match_diffusers(method, prediction_type, num_steps, eta, spacing):
+    reference = _reference_scheduler(method, prediction_type, spacing)
     reference.set_timesteps(num_steps)
     schedule = make_schedule("linear", 1000)
-    t_n, t_prev_n = samplers.timesteps(method, num_steps, schedule)
+    options = spacing if method in ("ddpm", "ddim") else {}
+    t_n, t_prev_n = samplers.timesteps(method, num_steps, schedule, **options)
     np.testing.assert_allclose(np.asarray(t_n), reference.timesteps.numpy(), atol=1e-4)
 
     rng = np.random.default_rng(0)

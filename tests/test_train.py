@@ -99,6 +99,24 @@ def test_train_then_generate_and_judge(trained):
     assert set(scores) >= {"digit", "colour", "direction", "all", "identity_consistency"}
 
 
+def test_pipeline_samples_with_the_configured_timestep_spacing(trained):
+    """The sampling config's spacing reaches the sampler: Stable Diffusion's settings start from other
+    timesteps than "trailing" and give another video from the same noise; naming the defaults changes
+    nothing."""
+    config, workdir, _ = trained
+    prompts = ["a red 3 moving left", "a blue 7 moving up"]
+
+    def generate(**spacing):
+        changed = config.copy_and_resolve_references()
+        changed.sampling.update(spacing)
+        return load_pipeline(changed, workdir).generate(prompts, seed=0, num_steps=4)
+
+    trailing = generate()
+    np.testing.assert_array_equal(generate(timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True),
+                                  trailing)
+    assert not np.array_equal(generate(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False), trailing)
+
+
 def _write_tiny_config(tmp_path, data_dir):
     path = tmp_path / "tiny_config.py"
     path.write_text(

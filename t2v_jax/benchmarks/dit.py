@@ -54,7 +54,8 @@ def _sampling_seconds(make_stage, config, repeats, *, scanned: bool):
     null_ids, null_mask = model.tokenizer([""] * batch)
     noise = jax.random.normal(rng, (batch, *latent_shape(config)))
     sampling = config.sampling
-    kwargs = dict(prediction_type=config.diffusion.prediction_type, guidance_scale=sampling.guidance_scale)
+    kwargs = dict(prediction_type=config.diffusion.prediction_type, guidance_scale=sampling.guidance_scale,
+                  **samplers.spacing_options(sampling))
 
     def conds(params):
         return ((model.encode_text(params, ids, mask), mask),
@@ -71,7 +72,8 @@ def _sampling_seconds(make_stage, config, repeats, *, scanned: bool):
         return median_seconds(lambda: run_all(params, noise, rng), repeats)
 
     # Baseline: the same single steps, one jitted call per step from a Python loop.
-    t_n, t_prev_n = samplers.timesteps(sampling.method, sampling.num_steps, model.schedule)
+    t_n, t_prev_n = samplers.timesteps(sampling.method, sampling.num_steps, model.schedule,
+                                       **samplers.spacing_options(sampling))
     cond_fn = jax.jit(conds)
 
     one_step = jax.jit(denoising_step(model, config))

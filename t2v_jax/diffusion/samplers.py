@@ -1,12 +1,19 @@
 """Samplers as pure functions: one jax.lax.scan per sampling run, classifier-free guidance inside it.
 
 Conventions (chosen once, here):
-- ddpm / ddim use "trailing" timestep spacing (Lin et al. 2023; diffusers ``timestep_spacing=
+- ddpm / ddim default to "trailing" timestep spacing (Lin et al. 2023; diffusers ``timestep_spacing=
   "trailing"``): round(arange(N, 0, -N / K)) - 1, so the first step is at t = N - 1 where the
   training noise level is, and each step goes to the next entry of that list rather than to
   t - N // K, which is the same when K divides N and stays on the list when it does not.
+- The Stable Diffusion family's settings, which released checkpoints such as LaVie's sample with, are
+  the sampling config's `timestep_spacing`, `steps_offset` and `set_alpha_to_one` (ddpm / ddim only),
+  read as diffusers' DDPMScheduler and DDIMScheduler read them: "leading" is arange(K) * (N // K)
+  reversed plus `steps_offset`, "linspace" is round(linspace(0, N - 1, K)) reversed. ddpm steps to
+  the next entry; ddim with these two steps from t to t - N // K as diffusers' DDIM does (off the
+  list for "linspace").
 - The last ddpm / ddim step goes to t_prev = -1 with alphas_cumprod = 1 (diffusers'
-  ``set_alpha_to_one=True``), so the output is the final x0 prediction.
+  ``set_alpha_to_one=True``), so the output is the final x0 prediction; ddim with
+  `set_alpha_to_one=False` ends at t_prev = 0 instead, alphas_cumprod[0], as Stable Diffusion does.
 - euler_ancestral follows diffusers' ``EulerAncestralDiscreteScheduler`` with its default
   "linspace" spacing (Allegro's setting): float t = linspace(N - 1, 0, K), sigma interpolated
   linearly, a final sigma of 0, initial noise scaled by sigma_max and the model input by
@@ -26,6 +33,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from t2v_jax.checks import one_of, require
@@ -41,6 +49,26 @@ from t2v_jax.diffusion.schedules import (
 )
 
 SAMPLERS = ("ddpm", "ddim", "euler_ancestral", "flow_euler")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+_DEFAULT_SPACING = dict(timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True)
+
+
+def sampling_config(**overrides) -> ml_collections.ConfigDict:
+    """config.sampling with every field a latent system reads, `overrides` applied.
+
+    method, num_steps, guidance_scale, eta (ddim only), negative_prompt; timestep_spacing, steps_offset
+    and set_alpha_to_one as described in this module's docstring.
+    """
+    config = ml_collections.ConfigDict(dict(method="ddim", num_steps=50, guidance_scale=4.0, eta=0.0,
+                                            negative_prompt="", **_DEFAULT_SPACING))
+    config.update(overrides)
+    return config
+
+
+def spacing_options(sampling_cfg) -> dict:
+    """The timestep-spacing keyword arguments of `timesteps` and `sample` that `sampling_cfg` sets
+    (configs written before these fields existed get the defaults)."""
+    return {key: sampling_cfg.get(key, default) for key, default in _DEFAULT_SPACING.items()}
 
 
 def validate_config(config) -> None:
@@ -63,6 +91,27 @@ def validate_config(config) -> None:
             f"must be positive (SNRs are divided by its square), and 1 for the flow schedule; got {snr_shift}")
     require(not (is_flow and diff.min_snr_gamma), "diffusion.min_snr_gamma",
             "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
+    _check_spacing(samp.method, samp.num_steps, diff.num_train_steps, **spacing_options(samp))
+
+
+def _check_spacing(method, num_steps, n, *, timestep_spacing, steps_offset, set_alpha_to_one) -> None:
+    """The spacing fields against the sampler and the step counts, as ConfigErrors naming the field."""
+    one_of(timestep_spacing, "sampling.timestep_spacing", TIMESTEP_SPACINGS)
+    discrete = method in ("ddpm", "ddim")
+    require(discrete or timestep_spacing == "trailing", "sampling.timestep_spacing",
+            f"{timestep_spacing!r} applies to ddpm and ddim; {method!r} has its own grid, leave it 'trailing'")
+    require(isinstance(steps_offset, int) and steps_offset >= 0, "sampling.steps_offset",
+            f"must be a non-negative integer, got {steps_offset!r}")
+    require(steps_offset == 0 or timestep_spacing == "leading", "sampling.steps_offset",
+            f"shifts 'leading' timesteps only (diffusers ignores it otherwise); got {steps_offset} with "
+            f"sampling.timestep_spacing={timestep_spacing!r}")
+    if timestep_spacing == "leading":
+        # Below N // K, the first step stays at or below N - 1 and the last one steps past 0 to the end.
+        require(steps_offset < n // num_steps, "sampling.steps_offset",
+                f"{steps_offset} must be below N // K = {n // num_steps} (N = diffusion.num_train_steps = {n}, "
+                f"K = sampling.num_steps = {num_steps}) so that the last step ends the run")
+    require(set_alpha_to_one or method == "ddim", "sampling.set_alpha_to_one",
+            f"False is DDIM's final-step rule; {method!r} always ends at alphas_cumprod = 1")
 
 
 def _check(method, prediction_type):
@@ -76,20 +125,35 @@ def _check(method, prediction_type):
         )
 
 
-def timesteps(method, num_steps, schedule) -> tuple[jax.Array, jax.Array]:
+def timesteps(method, num_steps, schedule, *, timestep_spacing="trailing", steps_offset=0,
+              set_alpha_to_one=True) -> tuple[jax.Array, jax.Array]:
     """(t_n, t_prev_n), each (num_steps,): the model time of each step and the time it steps to.
 
-    int32 for ddpm / ddim (t_prev ends at -1: alphas_cumprod = 1); float32 for euler_ancestral
-    (t_prev ends at -1: sigma = 0) and flow_euler (t = s * N, from N down to 0).
+    int32 for ddpm / ddim (t_prev ends at -1: alphas_cumprod = 1, or at 0 for ddim without
+    set_alpha_to_one); float32 for euler_ancestral (t_prev ends at -1: sigma = 0) and flow_euler
+    (t = s * N, from N down to 0). The spacing arguments are the sampling config's fields of the same
+    names (module docstring).
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; allowed: {SAMPLERS}")
     n = num_train_steps(schedule)
     if not 1 <= num_steps <= n:
         raise ValueError(f"num_steps must be in [1, {n}], got {num_steps}")
+    _check_spacing(method, num_steps, n, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
+                   set_alpha_to_one=set_alpha_to_one)
+    final = -1 if set_alpha_to_one else 0
     if method in ("ddpm", "ddim"):
-        t = np.round(n - np.arange(num_steps) * (n / num_steps)).astype(np.int32) - 1
-        t_prev = np.append(t[1:], np.int32(-1))
+        if timestep_spacing == "trailing":
+            t = np.round(n - np.arange(num_steps) * (n / num_steps)) - 1
+        elif timestep_spacing == "leading":
+            t = (np.arange(num_steps) * (n // num_steps))[::-1] + steps_offset
+        else:
+            t = np.round(np.linspace(0, n - 1, num_steps))[::-1]
+        t = t.astype(np.int32)
+        if method == "ddim" and timestep_spacing != "trailing":
+            t_prev = np.where(t - n // num_steps < 0, final, t - n // num_steps).astype(np.int32)
+        else:
+            t_prev = np.append(t[1:], np.int32(final))
     elif method == "euler_ancestral":
         t = np.linspace(0, n - 1, num_steps, dtype=np.float32)[::-1]
         t_prev = np.append(t[1:], np.float32(-1))
@@ -207,6 +271,9 @@ def sample(
     uncond=None,
     guidance_scale=1.0,
     eta=0.0,
+    timestep_spacing="trailing",
+    steps_offset=0,
+    set_alpha_to_one=True,
 ) -> jax.Array:
     """Runs a sampler from standard-normal noise to x0 in one jax.lax.scan; jit it with
     denoise_fn, method, num_steps and prediction_type static.
@@ -215,11 +282,12 @@ def sample(
     (or flow) sample and t_b the (batch,) model time. With uncond (a pytree shaped like cond) and
     guidance_scale != 1 each step makes one call on the doubled batch and uses
     uncond + guidance_scale * (cond - uncond). rng draws the per-step noise of ddpm,
-    euler_ancestral and ddim with eta > 0. eta is used by ddim only. The state and the result
-    keep noise's dtype.
+    euler_ancestral and ddim with eta > 0. eta is used by ddim only; the spacing arguments by ddpm and
+    ddim (`timesteps`). The state and the result keep noise's dtype.
     """
     _check(method, prediction_type)
-    t_n, t_prev_n = timesteps(method, num_steps, schedule)
+    t_n, t_prev_n = timesteps(method, num_steps, schedule, timestep_spacing=timestep_spacing,
+                              steps_offset=steps_offset, set_alpha_to_one=set_alpha_to_one)
     step = functools.partial(ddim_step, eta=eta) if method == "ddim" else _STEPS[method]
     predict = guided_predictor(denoise_fn, cond, uncond, guidance_scale)
     karras = method == "euler_ancestral"

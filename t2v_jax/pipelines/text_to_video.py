@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax.diffusion.samplers import sample
+from t2v_jax.diffusion.samplers import sample, spacing_options
 from t2v_jax.io.video import to_uint8
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
 from t2v_jax.models.video_vae import VideoVAE, vae_decode
@@ -61,7 +61,8 @@ class TextToVideoPipeline(Pipeline):
         return sample(
             lambda x, t, c: self.model.denoise({"dit": dit_params}, x, t, c), self.model.schedule, noise, rng,
             method=method, num_steps=num_steps, prediction_type=self.config.diffusion.prediction_type,
-            cond=cond, uncond=uncond, guidance_scale=guidance_scale, eta=eta)
+            cond=cond, uncond=uncond, guidance_scale=guidance_scale, eta=eta,
+            **spacing_options(self.config.sampling))
 
     def generate(self, prompts, *, seed: int = 0, num_steps=None, guidance_scale=None, method=None,
                  eta=None, negative_prompt=None, initial_noise=None) -> np.ndarray:

@@ -19,6 +19,7 @@ from t2v_jax.benchmarks.dit import dit_benchmark
 from t2v_jax.benchmarks.vs_diffusers import vs_diffusers_benchmark
 from t2v_jax.checks import ConfigError
 from t2v_jax.convert.allegro import MANIFEST
+from t2v_jax.diffusion.samplers import sampling_config
 from t2v_jax.models import text_encoder, video_dit, video_vae
 from t2v_jax.models.text_encoder import T5Tokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
@@ -61,9 +62,8 @@ def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict(dict(
         schedule="linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02, prediction_type="eps",
         min_snr_gamma=None))
-    config.sampling = ml_collections.ConfigDict(dict(
-        method="euler_ancestral", num_steps=100, guidance_scale=7.5, eta=0.0,
-        prompt_template=POSITIVE_TEMPLATE, negative_prompt=NEGATIVE_PROMPT, fps=15))
+    config.sampling = sampling_config(method="euler_ancestral", num_steps=100, guidance_scale=7.5,
+                                      prompt_template=POSITIVE_TEMPLATE, negative_prompt=NEGATIVE_PROMPT, fps=15)
     train = dict(num_steps=100_000, batch_size=8, learning_rate=1e-4, warmup_steps=1000, final_lr_fraction=1.0,
                  grad_clip=1.0, adam_b2=0.999, weight_decay=0.0, ema_decay=0.9999, log_every=50,
                  checkpoint_every=1000, keep_checkpoints=3)
