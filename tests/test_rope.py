@@ -170,5 +170,5 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="even"):
         rope_frequencies(jnp.arange(3), 7)
     cos, sin = rope_frequencies(jnp.arange(4), 8)
-    with pytest.raises(ValueError, match=r"\(L, D\)"):
+    with pytest.raises(ValueError, match=r"\(L, R\) with L=5"):
         apply_rope(vectors(0, 5, 8), cos, sin)

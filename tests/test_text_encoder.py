@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t2v_jax.models.text_encoder import (ByteTokenizer, T5Encoder, T5Tokenizer, default_config,
-                                         relative_position_bucket, t5_v1_1_xxl_config)
+from t2v_jax.layers.position_bias import relative_position_bucket
+from t2v_jax.models.text_encoder import ByteTokenizer, T5Encoder, T5Tokenizer, default_config, t5_v1_1_xxl_config
 
 
 def test_tokenizer_round_trip_padding_and_mask():

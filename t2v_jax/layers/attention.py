@@ -463,7 +463,10 @@ def _cached_attention(q_blhd, k_blhd, v_blhd, cache: KVCache, *, implementation,
 class Attention(nn.Module):
     """q/k/v/out projections around `attention()`; self-attention when `context_bsd` is None.
 
-    `rope` is None or (cos_ld, sin_ld, num_chunks), applied to q and k in self-attention.
+    `rope` is None or (cos_ld, sin_ld, num_chunks), applied to q and k in self-attention in the
+    `rope_interleaved` feature layout (`layers/rope.py`); cos/sin narrower than head_dim rotate its
+    first features only. `out_bias` (default: `use_bias`) is Stable Diffusion's layout, q/k/v
+    without bias and the output with one.
     With `cache` (a `KVCache`, self-attention only) the call returns `(out, new_cache)`: a
     multi-token call prefills an empty cache causally, a one-token call decodes.
     `out_kernel_init` lets a model zero-initialise the output (LaVie's temporal attention);
@@ -474,6 +477,8 @@ class Attention(nn.Module):
     out_features: int | None = None
     implementation: str = "xla"
     use_bias: bool = True
+    out_bias: bool | None = None
+    rope_interleaved: bool = False
     causal: bool = False
     chunk_size: int = 512
     scale: float | None = None
@@ -504,10 +509,12 @@ class Attention(nn.Module):
         v_bshd = project("value", source_bsd)
         if rope is not None:
             cos_ld, sin_ld, num_chunks = rope
-            q_blhd = apply_rope(q_blhd, cos_ld, sin_ld, num_chunks=num_chunks)
-            k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks)
+            q_blhd = apply_rope(q_blhd, cos_ld, sin_ld, num_chunks=num_chunks, interleaved=self.rope_interleaved)
+            k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks, interleaved=self.rope_interleaved)
         out_features = self.out_features or x_bld.shape[-1]
-        out = proj(out_features, ("heads", "embed"), kernel_init=self.out_kernel_init, name="out")
+        out_bias = self.use_bias if self.out_bias is None else self.out_bias
+        out = dense(out_features, ("heads", "embed"), use_bias=out_bias, kernel_init=self.out_kernel_init,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")
         if cache is not None:
             o_blhd, cache = _cached_attention(q_blhd, k_bshd, v_bshd, cache, implementation=self.implementation,
                                               chunk_size=self.chunk_size, scale=self.scale)

@@ -69,12 +69,21 @@ def _rotate(x, interleaved: bool):
 
 def apply_rope(x_blhd, cos_ld, sin_ld, *, num_chunks: int = 1, interleaved: bool = False):
     """Rotates x (..., L, H, D) by the angles of (cos_ld, sin_ld), pairing features within each
-    of `num_chunks` equal chunks of D (3 for `rope_3d`). Computed in float32."""
+    of `num_chunks` equal chunks of D (3 for `rope_3d`). Computed in float32.
+
+    cos/sin narrower than D (L, R < D) rotate the first R features only and pass the rest through
+    (partial rotary, as LaVie's temporal attention: R = 32 of each head)."""
     dim = x_blhd.shape[-1]
+    rotary_dim = cos_ld.shape[-1]
+    if cos_ld.shape[0] != x_blhd.shape[-3] or not 0 < rotary_dim <= dim:
+        raise ValueError(f"cos/sin must have shape (L, R) with L={x_blhd.shape[-3]} and R <= D={dim}, "
+                         f"got {cos_ld.shape}")
+    if rotary_dim < dim:
+        rotated = apply_rope(x_blhd[..., :rotary_dim], cos_ld, sin_ld, num_chunks=num_chunks,
+                             interleaved=interleaved)
+        return jnp.concatenate([rotated, x_blhd[..., rotary_dim:]], axis=-1)
     if dim % (2 * num_chunks):
         raise ValueError(f"head dim {dim} does not split into {num_chunks} even chunks")
-    if cos_ld.shape != (x_blhd.shape[-3], dim):
-        raise ValueError(f"cos/sin must have shape (L, D)={(x_blhd.shape[-3], dim)}, got {cos_ld.shape}")
     x = x_blhd.astype(jnp.float32)
     chunked = x.reshape(x.shape[:-1] + (num_chunks, dim // num_chunks))
     rotated = _rotate(chunked, interleaved).reshape(x.shape)

@@ -14,7 +14,6 @@ Parameter names follow `transformers.T5EncoderModel` (`encoder.block.0.layer.0.S
 
 import importlib
 import json
-import math
 import os
 import warnings
 from typing import Sequence
@@ -27,6 +26,7 @@ from flax import linen as nn
 from t2v_jax.layers.attention import attention
 from t2v_jax.layers.dense import dense
 from t2v_jax.layers.norms import RMSNorm
+from t2v_jax.layers.position_bias import RelativePositionBias
 
 
 class ByteTokenizer:
@@ -201,25 +201,6 @@ def t5_v1_1_xxl_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-def relative_position_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_distance=128):
-    """T5's bucketing of `key_position - query_position`: exact for small offsets, log-spaced up to
-    `max_distance`, clipped beyond; bidirectional uses half the buckets for each sign."""
-    relative_position = jnp.asarray(relative_position)
-    buckets = jnp.zeros_like(relative_position)
-    if bidirectional:
-        num_buckets //= 2
-        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
-        relative_position = jnp.abs(relative_position)
-    else:
-        relative_position = -jnp.minimum(relative_position, 0)
-    max_exact = num_buckets // 2
-    is_small = relative_position < max_exact
-    scaled = jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / max_exact)
-    scaled = scaled / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    if_large = jnp.minimum(max_exact + scaled.astype(relative_position.dtype), num_buckets - 1)
-    return buckets + jnp.where(is_small, relative_position, if_large)
-
-
 def _t5_dense(features, axes, stddev, cfg, name):
     """T5's projections: no bias, kernel ~ normal(stddev), the config's dtypes."""
     return dense(features, axes, kernel_init=nn.initializers.normal(stddev), use_bias=False,
@@ -252,14 +233,9 @@ class T5SelfAttention(nn.Module):
         k_blhd = heads(_t5_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "k")(x_bld))
         v_blhd = heads(_t5_dense(inner, ("embed", "heads"), cfg.width**-0.5, cfg, "v")(x_bld))
         if self.has_relative_attention_bias:
-            length = x_bld.shape[1]
-            positions = jnp.arange(length)
-            buckets_ll = relative_position_bucket(positions[None, :] - positions[:, None],
-                                                  num_buckets=cfg.num_buckets, max_distance=cfg.max_distance)
-            table_init = nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None))
-            table = nn.Embed(cfg.num_buckets, cfg.num_heads, param_dtype=jnp.dtype(cfg.param_dtype),
-                             embedding_init=table_init, name="relative_attention_bias")
-            bias_bhll = jnp.transpose(table(buckets_ll), (2, 0, 1))[None].astype(jnp.float32)
+            bias_bhll = RelativePositionBias(cfg.num_heads, cfg.num_buckets, cfg.max_distance,
+                                             param_dtype=jnp.dtype(cfg.param_dtype),
+                                             name="relative_attention_bias")(x_bld.shape[1])
         o_blhd = attention(q_blhd, k_blhd, v_blhd, kv_mask_bs=mask_bl, bias_bhls=bias_bhll, scale=1.0,
                            implementation=cfg.attention_implementation)
         o_bld = o_blhd.reshape(o_blhd.shape[:-2] + (inner,))
