@@ -84,48 +84,59 @@ def _temporal(source: str, target: str) -> dict:
     return mapping
 
 
-def _layers(source: str, target: str, num_layers: int, in_channels: int, channels: int) -> dict:
-    """ResNet + temporal layer pairs of a down/up block; only the first may change channels."""
+def _layers(source: str, target: str, num_layers: int, in_channels: int, channels: int,
+            temporal: bool) -> dict:
+    """ResNet (+ temporal) layers of a down/up block; only the first may change channels."""
     mapping = {}
     for i in range(num_layers):
         mapping.update(_resnet(f"{source}.resnets.{i}", f"{target}/resnets_{i}",
                                i == 0 and in_channels != channels))
-        mapping.update(_temporal(f"{source}.temp_convs.{i}", f"{target}/temp_convs_{i}"))
+        if temporal:
+            mapping.update(_temporal(f"{source}.temp_convs.{i}", f"{target}/temp_convs_{i}"))
     return mapping
 
 
-def _mid_block(source: str, target: str, attention: bool) -> dict:
+def _mid_block(source: str, target: str, attention: bool, temporal: bool, attention_names: dict) -> dict:
     mapping = {}
     for i in range(2):
         mapping.update(_resnet(f"{source}.resnets.{i}", f"{target}/resnets_{i}", False))
-        mapping.update(_temporal(f"{source}.temp_convs.{i}", f"{target}/temp_convs_{i}"))
+        if temporal:
+            mapping.update(_temporal(f"{source}.temp_convs.{i}", f"{target}/temp_convs_{i}"))
     if attention:
         mapping.update(_norm(f"{source}.attentions.0.group_norm", f"{target}/attentions_0/group_norm"))
-        for ours, theirs in _ATTENTION_NAMES.items():
+        for ours, theirs in attention_names.items():
             mapping[f"{target}/attentions_0/attention/{ours}/kernel"] = Tensor(
                 f"{source}.attentions.0.{theirs}.weight", linear)
             mapping[f"{target}/attentions_0/attention/{ours}/bias"] = Tensor(f"{source}.attentions.0.{theirs}.bias")
     return mapping
 
 
-def _ends(part: str) -> dict:
-    """conv_in, temp_conv_in, conv_norm_out, temp_conv_out and conv_out of the encoder or decoder."""
+def _ends(part: str, temporal: bool) -> dict:
+    """conv_in, temp_conv_in, conv_norm_out, temp_conv_out and conv_out of the encoder or decoder
+    (without the temp_convs when `temporal` is False)."""
     mapping = {}
-    for name in ("conv_in", "temp_conv_in", "temp_conv_out", "conv_out"):
+    names = ("conv_in", "temp_conv_in", "temp_conv_out", "conv_out") if temporal else ("conv_in", "conv_out")
+    for name in names:
         mapping.update(_conv(f"{part}.{name}", f"{part}/{name}"))
     mapping.update(_norm(f"{part}.conv_norm_out", f"{part}/conv_norm_out"))
     return mapping
 
 
-def vae_mapping(config) -> dict:
-    """{VideoVAE param path: checkpoint tensor} for `config`."""
+def vae_mapping(config, attention_names: dict = _ATTENTION_NAMES) -> dict:
+    """{VideoVAE param path: checkpoint tensor} for `config`.
+
+    With `temporal_layers=False` it is the mapping of diffusers' 2D `AutoencoderKL`, whose tensor names
+    are Allegro's without the temporal ones (`t2v_jax.convert.sd_vae`). `attention_names` maps the
+    mid-block attention's {query, key, value, out} to the checkpoint's tensor names."""
     channels = tuple(config.block_out_channels)
     n = len(channels)
-    mapping = {**_ends("encoder"), **_ends("decoder"), **_conv("quant_conv", "quant_conv"),
-               **_conv("post_quant_conv", "post_quant_conv")}
+    temporal = config.get("temporal_layers", True)
+    mapping = {**_ends("encoder", temporal), **_ends("decoder", temporal),
+               **_conv("quant_conv", "quant_conv"), **_conv("post_quant_conv", "post_quant_conv")}
     for i, features in enumerate(channels):
         source, target = f"encoder.down_blocks.{i}", f"encoder/down_blocks_{i}"
-        mapping.update(_layers(source, target, config.layers_per_block, channels[max(i - 1, 0)], features))
+        mapping.update(_layers(source, target, config.layers_per_block, channels[max(i - 1, 0)], features,
+                               temporal))
         if config.temporal_downsample[i]:
             mapping.update(_temporal(f"{source}.temp_convs_down", f"{target}/temp_convs_down"))
         if config.spatial_downsample[i]:
@@ -134,13 +145,14 @@ def vae_mapping(config) -> dict:
     for i, (features, temporal_up) in enumerate(zip(reversed_channels, video_vae.temporal_upsample(config))):
         source, target = f"decoder.up_blocks.{i}", f"decoder/up_blocks_{i}"
         mapping.update(_layers(source, target, config.layers_per_block + 1, reversed_channels[max(i - 1, 0)],
-                               features))
+                               features, temporal))
         if temporal_up:
             mapping.update(_temporal(f"{source}.temp_conv_up", f"{target}/temp_conv_up"))
         if i < n - 1 and config.spatial_downsample[n - 2 - i]:
             mapping.update(_conv(f"{source}.upsamplers.0.conv", f"{target}/upsamplers_0"))
     for part in ("encoder", "decoder"):
-        mapping.update(_mid_block(f"{part}.mid_block", f"{part}/mid_block", config.mid_attention))
+        mapping.update(_mid_block(f"{part}.mid_block", f"{part}/mid_block", config.mid_attention, temporal,
+                                  attention_names))
     return mapping
 
 

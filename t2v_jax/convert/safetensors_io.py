@@ -75,6 +75,31 @@ class SafetensorsCheckpoint:
         return data.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+class StateDictCheckpoint:
+    """The same read-only view over an in-memory {name: array or torch tensor} state dict (a PyTorch
+    `.pt` file that `torch.load` has read, as LaVie releases its models); `path` names it in errors."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], path: str = "the state dict"):
+        self.path = path
+        self._arrays = dict(arrays)
+
+    def keys(self) -> list[str]:
+        return sorted(self._arrays)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._arrays
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(np.shape(self._arrays[name]))
+
+    def read(self, name: str) -> np.ndarray:
+        tensor = self._arrays[name]
+        if hasattr(tensor, "detach"):
+            # numpy has no bfloat16: go through float32; `convert` casts to the target dtype.
+            return tensor.detach().cpu().float().numpy()
+        return np.asarray(tensor)
+
+
 def _read_header(file: str) -> dict:
     with open(file, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")

@@ -54,6 +54,29 @@ def _conv3d_as_2d(x_bthwc, kernel_thwio, strides):
     return y_nhwc.reshape((b, t_out) + y_nhwc.shape[1:])
 
 
+def frame_conv(features, kernel, *, name=None, strides=1, padding=None):
+    """Per-frame 2D conv with zero "same" padding (or `padding` on every side): flax folds the leading
+    (B, T) axes of a (B, T, H, W, C) input into one batch axis. Kernel (kh, kw, C_in, C_out)."""
+    pad = kernel // 2 if padding is None else padding
+    return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                            (None, None, "conv_in", "conv_out")),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name)
+
+
+def constrain_video(x_bthwc):
+    """Block-boundary video activations split over the batch axes only: the logical names "frames",
+    "height", "width" and "channels" are left to the presets (none of the shipped ones splits them)."""
+    return nn.with_logical_constraint(x_bthwc, ("batch", "frames", "height", "width", "channels"))
+
+
+def per_frame(fn, x_bthwc):
+    """Applies `fn` with time folded into the batch, so that GroupNorm statistics stay within a frame."""
+    b, t = x_bthwc.shape[:2]
+    y = fn(x_bthwc.reshape((b * t,) + x_bthwc.shape[2:]))
+    return y.reshape((b, t) + y.shape[1:])
+
+
 class _Conv3dBase(nn.Module):
     features: int
     kernel_size: Sequence[int] = (3, 3, 3)

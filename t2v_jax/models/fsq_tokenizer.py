@@ -29,8 +29,9 @@ import numpy as np
 from flax import linen as nn
 
 from t2v_jax.checks import require
+from t2v_jax.layers.conv3d import constrain_video, frame_conv, per_frame
 from t2v_jax.layers.norms import GroupNorm
-from t2v_jax.models.video_vae import _NORM_EPS, ResnetBlock2D, _constrain, _conv2d, _per_frame
+from t2v_jax.models.video_vae import _NORM_EPS, ResnetBlock2D
 
 FSQ_EPS = 1e-3  # the paper's margin that keeps tanh's bound strictly inside the outermost rounding interval
 
@@ -160,16 +161,16 @@ class TokenEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_bthwc):
-        x_bthwc = _conv2d(self.channels[0], 3, name="conv_in")(x_bthwc)
+        x_bthwc = frame_conv(self.channels[0], 3, name="conv_in")(x_bthwc)
         for i, features in enumerate(self.channels):
             for j in range(self.num_res_blocks):
                 x_bthwc = ResnetBlock2D(features, self.num_groups, name=f"down_{i}_res_{j}")(x_bthwc)
             if i < len(self.channels) - 1:
                 x_bthwc = jnp.pad(x_bthwc, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))
-                x_bthwc = _conv2d(self.channels[i + 1], 3, strides=2, padding=0, name=f"down_{i}_conv")(x_bthwc)
-            x_bthwc = _constrain(x_bthwc)
-        x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm_out"), x_bthwc))
-        return _conv2d(self.code_dim, 1, name="conv_out")(x_bthwc)
+                x_bthwc = frame_conv(self.channels[i + 1], 3, strides=2, padding=0, name=f"down_{i}_conv")(x_bthwc)
+            x_bthwc = constrain_video(x_bthwc)
+        x_bthwc = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm_out"), x_bthwc))
+        return frame_conv(self.code_dim, 1, name="conv_out")(x_bthwc)
 
 
 class TokenDecoder(nn.Module):
@@ -180,16 +181,16 @@ class TokenDecoder(nn.Module):
     @nn.compact
     def __call__(self, codes_bthwc):
         channels = tuple(reversed(self.channels))
-        x_bthwc = _conv2d(channels[0], 3, name="conv_in")(codes_bthwc)
+        x_bthwc = frame_conv(channels[0], 3, name="conv_in")(codes_bthwc)
         for i, features in enumerate(channels):
             for j in range(self.num_res_blocks):
                 x_bthwc = ResnetBlock2D(features, self.num_groups, name=f"up_{i}_res_{j}")(x_bthwc)
             if i < len(channels) - 1:
                 x_bthwc = jnp.repeat(jnp.repeat(x_bthwc, 2, axis=2), 2, axis=3)
-                x_bthwc = _conv2d(channels[i + 1], 3, name=f"up_{i}_conv")(x_bthwc)
-            x_bthwc = _constrain(x_bthwc)
-        x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm_out"), x_bthwc))
-        return _conv2d(3, 3, name="conv_out")(x_bthwc)
+                x_bthwc = frame_conv(channels[i + 1], 3, name=f"up_{i}_conv")(x_bthwc)
+            x_bthwc = constrain_video(x_bthwc)
+        x_bthwc = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm_out"), x_bthwc))
+        return frame_conv(3, 3, name="conv_out")(x_bthwc)
 
 
 class VideoTokenizer(nn.Module):

@@ -1,33 +1,147 @@
-"""LaVie's base text-to-video UNet (Wang et al. 2023; Vchitect/LaVie, base/models): its layers.
+"""LaVie's text-to-video UNet (Wang et al. 2023; Vchitect/LaVie, base/models): Stable Diffusion 1.x's
+UNet run per frame, with a temporal self-attention in every transformer block.
 
-So far: the temporal attention of each transformer block (spatial self-attention -> cross-attention
--> temporal self-attention -> feed-forward). It attends over the frames at each spatial position,
-with RoPE on the first `rotary_dim` (32) channels of each head only, in interleaved pairs, positions
-0..F-1, theta 10000 (LaVie's `rotary_embedding_torch.RotaryEmbedding(min(32, dim_head))`), plus a
-T5-style bucketed relative position bias per layer (32 buckets, max distance 32, bidirectional).
-LaVie scales q by 1/sqrt(dim_head) before rotating it; a rotation is linear, so scaling the logits
-instead, as `attention()` does, gives the same numbers. The output projection starts at zero, so a
-new temporal layer leaves a pretrained image model unchanged.
+Widths and levels come from the config, so the CPU size and the released size (SD-1.4's 320/640/1280/1280)
+are the same code. Every convolution and GroupNorm is per frame (no temporal convolutions). Transformer
+blocks sit in the levels `attention_levels` marks and in the mid block; each runs spatial
+self-attention -> cross-attention -> temporal self-attention -> feed-forward (GEGLU), pre-LayerNorm
+residuals.
+
+Temporal attention attends over the frames at each spatial position, with RoPE on the first
+`rotary_dim` (32) channels of each head only, in interleaved pairs, positions 0..F-1, theta 10000
+(LaVie's `rotary_embedding_torch.RotaryEmbedding(32)`), plus a T5-style bucketed relative position
+bias per layer (32 buckets, max distance 32, bidirectional). LaVie scales q by 1/sqrt(dim_head) before
+rotating it; a rotation is linear, so scaling the logits instead, as `attention()` does, gives the same
+numbers. The output projection starts at zero, so a new temporal layer leaves a pretrained image model
+unchanged: with every temporal output projection at zero this UNet is diffusers' `UNet2DConditionModel`
+applied to each frame (tests/test_parity_lavie.py).
+
+Joint image-video training (LaVie section 3.2): `num_images` still images follow the video frames of
+each sample, each with its own caption; spatial layers see all frames, temporal attention only the
+video frames.
+
+Parameter names follow diffusers with `.` -> `/` and list indices joined by `_`
+(`down_blocks_0/attentions_0/transformer_blocks_0/attn_temp/attention/query` <-
+`down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q`), so `convert/lavie.py` is a rename
+plus transposes.
 """
 
 from typing import Any
 
 import jax.numpy as jnp
+import ml_collections
 from flax import linen as nn
 
-from t2v_jax.layers.attention import Attention
+from t2v_jax.checks import DTYPES, one_of, require
+from t2v_jax.layers.attention import Attention, check_implementation
+from t2v_jax.layers.conv3d import constrain_video, frame_conv, per_frame
+from t2v_jax.layers.embeddings import TimestepEmbedder
+from t2v_jax.layers.feed_forward import FeedForward
+from t2v_jax.layers.norms import GroupNorm, LayerNorm
 from t2v_jax.layers.position_bias import RelativePositionBias
 from t2v_jax.layers.rope import rope_frequencies
+
+_TRANSFORMER_NORM_EPS = 1e-6  # Transformer2DModel's GroupNorm
+_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which diffusers' blocks keep
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """CPU size, for 4x4 latents of 8 channels (Bouncing Digits 16x16 through the per-frame VAE).
+
+    Fields:
+      in_channels / out_channels: latent channels in and out (the interpolation model takes twice
+        as many in: the noisy latent and the repeated keyframes).
+      block_out_channels: channels of each level; every level but the last halves height and width.
+      attention_levels: per level, whether its blocks carry transformer blocks (SD-1.x: all but the
+        last); the mid block always does.
+      layers_per_block: ResNet (+ transformer) layers per down level; up levels have one more.
+      num_heads: attention heads at every level (SD-1.x's `attention_head_dim=8` means 8 heads);
+        the head width is the level's channels / num_heads.
+      cross_attention_dim: width of the text embeddings.
+      norm_num_groups / norm_eps: the ResNet GroupNorms.
+      rotary_dim: channels of each temporal-attention head RoPE rotates (0: none).
+      temporal_position_bias: the learned relative position bias in temporal attention.
+      attention: the kernel (`layers/attention.py`); dtype: compute dtype.
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.in_channels = 8
+    cfg.out_channels = 8
+    cfg.block_out_channels = (32, 64)
+    cfg.attention_levels = (True, True)
+    cfg.layers_per_block = 1
+    cfg.num_heads = 4
+    cfg.cross_attention_dim = 64
+    cfg.norm_num_groups = 8
+    cfg.norm_eps = 1e-5
+    cfg.rotary_dim = 32
+    cfg.temporal_position_bias = True
+    cfg.attention = "xla"
+    cfg.dtype = "float32"
+    return cfg
+
+
+def sd14_config() -> ml_collections.ConfigDict:
+    """LaVie's base UNet: Stable Diffusion 1.4's (860M parameters before the temporal layers)."""
+    cfg = default_config()
+    cfg.update(in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+               attention_levels=(True, True, True, False), layers_per_block=2, num_heads=8,
+               cross_attention_dim=768, norm_num_groups=32)
+    return cfg
+
+
+def validate_config(cfg, prefix: str = "unet") -> None:
+    """ConfigError naming the field for widths, heads and groups that do not fit together."""
+    levels = len(cfg.block_out_channels)
+    require(levels >= 1, f"{prefix}.block_out_channels", "needs at least one level")
+    require(len(cfg.attention_levels) == levels, f"{prefix}.attention_levels",
+            f"needs one entry per level ({levels}), got {len(cfg.attention_levels)}")
+    require(cfg.layers_per_block >= 1, f"{prefix}.layers_per_block", f"must be positive, got {cfg.layers_per_block}")
+    for channels in cfg.block_out_channels:
+        require(channels % cfg.norm_num_groups == 0, f"{prefix}.norm_num_groups",
+                f"{cfg.norm_num_groups} groups do not divide the level width {channels}")
+        require(cfg.num_heads > 0 and channels % cfg.num_heads == 0, f"{prefix}.num_heads",
+                f"{cfg.num_heads} heads do not divide the level width {channels}")
+    require(cfg.rotary_dim >= 0 and cfg.rotary_dim % 2 == 0, f"{prefix}.rotary_dim",
+            f"must be an even number >= 0, got {cfg.rotary_dim}")
+    check_implementation(cfg.attention, f"{prefix}.attention")
+    one_of(cfg.dtype, f"{prefix}.dtype", DTYPES)
+
+
+def spatial_compression(cfg) -> int:
+    """The UNet halves height and width at every level but the last: latents must divide by this."""
+    return 2 ** (len(cfg.block_out_channels) - 1)
+
+
+class ResnetBlock(nn.Module):
+    """diffusers' `ResnetBlock2D` per frame: GroupNorm-SiLU-conv twice, the time embedding projected and
+    added between, a 1x1 shortcut when the width changes."""
+
+    features: int
+    num_groups: int
+    eps: float
+
+    @nn.compact
+    def __call__(self, x_bthwc, temb_bd):
+        h = nn.silu(per_frame(GroupNorm(self.num_groups, self.eps, name="norm1"), x_bthwc))
+        h = frame_conv(self.features, 3, name="conv1")(h)
+        temb = nn.Dense(self.features, name="time_emb_proj")(nn.silu(temb_bd))
+        h = h + temb[:, None, None, None, :]
+        h = nn.silu(per_frame(GroupNorm(self.num_groups, self.eps, name="norm2"), h))
+        h = frame_conv(self.features, 3, name="conv2")(h)
+        if x_bthwc.shape[-1] != self.features:
+            x_bthwc = frame_conv(self.features, 1, name="conv_shortcut")(x_bthwc)
+        return x_bthwc + h
 
 
 class TemporalAttention(nn.Module):
     """(N, F, C) -> (N, F, C): self-attention over F frames for each of N = batch x height x width
     positions. q/k/v without bias, the output with one (LaVie's `TemporalAttention`); `rotary_dim=0`
-    turns RoPE off (LaVie's interpolation model)."""
+    turns RoPE off and `position_bias=False` the bias (LaVie's interpolation model)."""
 
     num_heads: int
     head_dim: int
     rotary_dim: int = 32
+    position_bias: bool = True
     num_buckets: int = 32
     max_distance: int = 32
     implementation: str = "xla"
@@ -37,8 +151,10 @@ class TemporalAttention(nn.Module):
     @nn.compact
     def __call__(self, x_nfc):
         frames = x_nfc.shape[1]
-        bias_1hff = RelativePositionBias(self.num_heads, self.num_buckets, self.max_distance,
-                                         param_dtype=self.param_dtype, name="time_rel_pos_bias")(frames)
+        bias_1hff = None
+        if self.position_bias:
+            bias_1hff = RelativePositionBias(self.num_heads, self.num_buckets, self.max_distance,
+                                             param_dtype=self.param_dtype, name="time_rel_pos_bias")(frames)
         rope = None
         if self.rotary_dim:
             cos_fr, sin_fr = rope_frequencies(jnp.arange(frames), min(self.rotary_dim, self.head_dim),
@@ -48,3 +164,164 @@ class TemporalAttention(nn.Module):
                          out_bias=True, rope_interleaved=True, out_kernel_init=nn.initializers.zeros_init(),
                          dtype=self.dtype, param_dtype=self.param_dtype, name="attention")(
             x_nfc, bias_bhls=bias_1hff, rope=rope)
+
+
+class TransformerBlock(nn.Module):
+    """Spatial self-attention -> cross-attention -> temporal self-attention -> GEGLU feed-forward, each
+    pre-LayerNorm and residual, on the tokens (B*F, H*W, C) of every frame."""
+
+    cfg: Any
+    num_heads: int
+    head_dim: int
+
+    @nn.compact
+    def __call__(self, x_nlc, context_nsd, context_mask_ns, *, frames: int, num_images: int):
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        attend = dict(num_heads=self.num_heads, head_dim=self.head_dim, implementation=cfg.attention,
+                      use_bias=False, out_bias=True, dtype=dtype)
+        norm = lambda name: LayerNorm(_LAYER_NORM_EPS, name=name)  # noqa: E731
+        x_nlc = x_nlc + Attention(**attend, name="attn1")(norm("norm1")(x_nlc))
+        x_nlc = x_nlc + Attention(**attend, name="attn2")(norm("norm2")(x_nlc), context_nsd,
+                                                          kv_mask_bs=context_mask_ns)
+        n, positions, channels = x_nlc.shape
+        video_frames = frames - num_images
+        x_bflc = x_nlc.reshape(n // frames, frames, positions, channels)
+        video_bflc = x_bflc[:, :video_frames]
+        video_nfc = jnp.swapaxes(video_bflc, 1, 2).reshape(-1, video_frames, channels)
+        temporal_nfc = TemporalAttention(self.num_heads, self.head_dim, cfg.rotary_dim, cfg.temporal_position_bias,
+                                         implementation=cfg.attention, dtype=dtype, name="attn_temp")(
+            norm("norm_temp")(video_nfc))
+        temporal_bflc = jnp.swapaxes(temporal_nfc.reshape(n // frames, positions, video_frames, channels), 1, 2)
+        x_bflc = x_bflc.at[:, :video_frames].add(temporal_bflc)
+        x_nlc = x_bflc.reshape(n, positions, channels)
+        return x_nlc + FeedForward(4 * channels, activation="geglu", dtype=dtype, name="ff")(norm("norm3")(x_nlc))
+
+
+class SpatioTemporalTransformer(nn.Module):
+    """diffusers' `Transformer2DModel` (GroupNorm, 1x1 conv in, one block, 1x1 conv out, residual) with
+    LaVie's temporal block, on (B, F, H, W, C) frames."""
+
+    cfg: Any
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x_bthwc, context_nsd, context_mask_ns, num_images: int):
+        b, t, h, w, c = x_bthwc.shape
+        y = per_frame(GroupNorm(self.cfg.norm_num_groups, _TRANSFORMER_NORM_EPS, name="norm"), x_bthwc)
+        y = frame_conv(c, 1, name="proj_in")(y)
+        y_nlc = TransformerBlock(self.cfg, self.num_heads, c // self.num_heads, name="transformer_blocks_0")(
+            y.reshape(b * t, h * w, c), context_nsd, context_mask_ns, frames=t, num_images=num_images)
+        y = frame_conv(c, 1, name="proj_out")(y_nlc.reshape(b, t, h, w, c))
+        return x_bthwc + y
+
+
+def frame_contexts(context_bld, context_mask_bl, frames: int, num_images: int):
+    """Per-frame text conditioning (B*F, L, D), (B*F, L).
+
+    Without images `context_bld` is (B, L, D), one caption per video. With `num_images` it is
+    (B, 1 + num_images, L, D): the video's caption for its F - num_images video frames, then one caption
+    per image frame (and the mask likewise, (B, 1 + num_images, L))."""
+    if context_bld.ndim == 3:
+        context_bld, context_mask_bl = context_bld[:, None], context_mask_bl[:, None]
+    captions = context_bld.shape[1]
+    if captions != 1 + num_images:
+        raise ValueError(f"{num_images} image frames need 1 + {num_images} captions per sample, got {captions}")
+    repeats = jnp.array([frames - num_images] + [1] * num_images)
+    total = frames
+    context_bfld = jnp.repeat(context_bld, repeats, axis=1, total_repeat_length=total)
+    mask_bfl = jnp.repeat(context_mask_bl, repeats, axis=1, total_repeat_length=total)
+    return (context_bfld.reshape((-1,) + context_bfld.shape[2:]), mask_bfl.reshape((-1,) + mask_bfl.shape[2:]))
+
+
+class Resample(nn.Module):
+    """diffusers' `Downsample2D` (3x3 conv, stride 2, padding 1) or `Upsample2D` (nearest x2, 3x3 conv),
+    per frame; its conv is named `conv` as there."""
+
+    features: int
+    mode: str
+
+    @nn.compact
+    def __call__(self, x_bthwc):
+        if self.mode == "down":
+            return frame_conv(self.features, 3, strides=2, padding=1, name="conv")(x_bthwc)
+        x_bthwc = jnp.repeat(jnp.repeat(x_bthwc, 2, axis=2), 2, axis=3)
+        return frame_conv(self.features, 3, name="conv")(x_bthwc)
+
+
+class UNetLevel(nn.Module):
+    """One down or up level (diffusers' CrossAttnDownBlock2D / DownBlock2D / CrossAttnUpBlock2D /
+    UpBlock2D): ResNet (+ transformer) layers, then a resampler. A down level returns its outputs for
+    the skips; an up level takes `skips`, one per layer, and concatenates the last one first."""
+
+    cfg: Any
+    features: int
+    num_layers: int
+    attention: bool
+    resample: str | None
+
+    @nn.compact
+    def __call__(self, h, temb_bd, context, skips=()):
+        cfg = self.cfg
+        outputs = []
+        for layer in range(self.num_layers):
+            if skips:
+                h = jnp.concatenate([h, skips[-1 - layer]], axis=-1)
+            h = ResnetBlock(self.features, cfg.norm_num_groups, cfg.norm_eps, name=f"resnets_{layer}")(h, temb_bd)
+            if self.attention:
+                h = SpatioTemporalTransformer(cfg, cfg.num_heads, name=f"attentions_{layer}")(h, *context)
+            outputs.append(h)
+        if self.resample is not None:
+            sampler = Resample(self.features, self.resample, name=f"{self.resample}samplers_0")
+            h = sampler(h)
+            outputs.append(h)
+        return constrain_video(h), outputs
+
+
+class MidBlock(nn.Module):
+    """diffusers' `UNetMidBlock2DCrossAttn`: ResNet, transformer, ResNet."""
+
+    cfg: Any
+    features: int
+
+    @nn.compact
+    def __call__(self, h, temb_bd, context):
+        cfg = self.cfg
+        h = ResnetBlock(self.features, cfg.norm_num_groups, cfg.norm_eps, name="resnets_0")(h, temb_bd)
+        h = SpatioTemporalTransformer(cfg, cfg.num_heads, name="attentions_0")(h, *context)
+        return constrain_video(ResnetBlock(self.features, cfg.norm_num_groups, cfg.norm_eps, name="resnets_1")(h, temb_bd))
+
+
+class LaVieUNet(nn.Module):
+    """(B, F, H, W, C_in) noisy latents, timesteps (B,), text (B, L, D) + mask (B, L) -> (B, F, H, W, C_out).
+
+    `num_images` (static): the last that many frames are still images with their own captions
+    (`frame_contexts`), for joint image-video training; sampling uses 0.
+    """
+
+    cfg: Any
+
+    @nn.compact
+    def __call__(self, x_bthwc, t_b, context_bld, context_mask_bl, num_images: int = 0):
+        cfg = self.cfg
+        channels = tuple(cfg.block_out_channels)
+        last = len(channels) - 1
+        context = (*frame_contexts(context_bld, context_mask_bl, x_bthwc.shape[1], num_images), num_images)
+        temb_bd = TimestepEmbedder(4 * channels[0], frequency_dim=channels[0], name="time_embedding")(
+            jnp.broadcast_to(t_b, (x_bthwc.shape[0],)))
+
+        h = frame_conv(channels[0], 3, name="conv_in")(x_bthwc)
+        skips = [h]
+        for level, width in enumerate(channels):
+            h, outputs = UNetLevel(cfg, width, cfg.layers_per_block, cfg.attention_levels[level],
+                                   "down" if level < last else None, name=f"down_blocks_{level}")(h, temb_bd, context)
+            skips.extend(outputs)
+        h = MidBlock(cfg, channels[-1], name="mid_block")(h, temb_bd, context)
+        for up_level, width in enumerate(reversed(channels)):
+            level = last - up_level
+            num_layers = cfg.layers_per_block + 1
+            skips, level_skips = skips[:-num_layers], tuple(skips[-num_layers:])
+            h, _ = UNetLevel(cfg, width, num_layers, cfg.attention_levels[level], "up" if level > 0 else None,
+                             name=f"up_blocks_{up_level}")(h, temb_bd, context, level_skips)
+        h = nn.silu(per_frame(GroupNorm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out"), h))
+        return frame_conv(cfg.out_channels, 3, name="conv_out")(h)

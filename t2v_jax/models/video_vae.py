@@ -40,7 +40,7 @@ from flax import linen as nn
 from jax import lax
 
 from t2v_jax.layers.attention import Attention
-from t2v_jax.layers.conv3d import TemporalConv, pad_time
+from t2v_jax.layers.conv3d import TemporalConv, constrain_video, frame_conv, pad_time, per_frame
 from t2v_jax.layers.norms import GroupNorm
 
 _NORM_EPS = 1e-6
@@ -182,28 +182,6 @@ def check_resolution(cfg, height: int, width: int) -> None:
                          f"multiples of {rs}")
 
 
-def _conv2d(features, kernel, *, name=None, strides=1, padding=None):
-    """Per-frame 2D conv: flax folds the (B, T) leading axes into one batch axis."""
-    pad = kernel // 2 if padding is None else padding
-    return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            (None, None, "conv_in", "conv_out")),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name)
-
-
-def _constrain(x_bthwc):
-    """Block-boundary activations split over the batch axes only: the logical names "frames",
-    "height", "width" and "channels" are left to the presets (none of the shipped ones splits them)."""
-    return nn.with_logical_constraint(x_bthwc, ("batch", "frames", "height", "width", "channels"))
-
-
-def _per_frame(fn, x_bthwc):
-    """Applies `fn` with time folded into the batch, so that GroupNorm statistics stay within a frame."""
-    b, t = x_bthwc.shape[:2]
-    y = fn(x_bthwc.reshape((b * t,) + x_bthwc.shape[2:]))
-    return y.reshape((b, t) + y.shape[1:])
-
-
 def interleave_frames(h_bthwc):
     """(B, T, H, W, 2C) -> (B, 2T, H, W, C): frame 2t+s is channel half s of frame t (Allegro's upsample)."""
     b, t, h, w, c2 = h_bthwc.shape
@@ -219,12 +197,12 @@ class ResnetBlock2D(nn.Module):
 
     @nn.compact
     def __call__(self, x_bthwc):
-        h = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm1"), x_bthwc))
-        h = _conv2d(self.features, 3, name="conv1")(h)
-        h = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm2"), h))
-        h = _conv2d(self.features, 3, name="conv2")(h)
+        h = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm1"), x_bthwc))
+        h = frame_conv(self.features, 3, name="conv1")(h)
+        h = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="norm2"), h))
+        h = frame_conv(self.features, 3, name="conv2")(h)
         if x_bthwc.shape[-1] != self.features:
-            x_bthwc = _conv2d(self.features, 1, name="conv_shortcut")(x_bthwc)
+            x_bthwc = frame_conv(self.features, 1, name="conv_shortcut")(x_bthwc)
         return x_bthwc + h
 
 
@@ -278,7 +256,7 @@ class SpatialSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc):
         b, t, h, w, c = x_bthwc.shape
-        y = _per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="group_norm"), x_bthwc)
+        y = per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="group_norm"), x_bthwc)
         y_nlc = Attention(num_heads=1, head_dim=c, implementation=self.implementation, name="attention")(
             y.reshape(b * t, h * w, c))
         return x_bthwc + y_nlc.reshape(x_bthwc.shape)
@@ -323,7 +301,7 @@ class DownBlock(nn.Module):
             x_bthwc = TemporalBlock(self.features, self.num_groups, "down", name="temp_convs_down")(x_bthwc)
         if self.spatial_downsample:
             x_bthwc = jnp.pad(x_bthwc, ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)))
-            x_bthwc = _conv2d(self.features, 3, strides=2, padding=0, name="downsamplers_0")(x_bthwc)
+            x_bthwc = frame_conv(self.features, 3, strides=2, padding=0, name="downsamplers_0")(x_bthwc)
         return x_bthwc
 
 
@@ -345,7 +323,7 @@ class UpBlock(nn.Module):
             x_bthwc = TemporalBlock(self.features, self.num_groups, "up", name="temp_conv_up")(x_bthwc)
         if self.spatial_upsample:
             x_bthwc = jnp.repeat(jnp.repeat(x_bthwc, 2, axis=2), 2, axis=3)
-            x_bthwc = _conv2d(self.features, 3, name="upsamplers_0")(x_bthwc)
+            x_bthwc = frame_conv(self.features, 3, name="upsamplers_0")(x_bthwc)
         return x_bthwc
 
 
@@ -370,17 +348,17 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x_bthwc):
         temporal = self.temporal_layers
-        x_bthwc = _conv2d(self.block_out_channels[0], 3, name="conv_in")(x_bthwc)
+        x_bthwc = frame_conv(self.block_out_channels[0], 3, name="conv_in")(x_bthwc)
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in", temporal)
         for i, features in enumerate(self.block_out_channels):
-            x_bthwc = _constrain(DownBlock(features, self.layers_per_block, self.num_groups,
+            x_bthwc = constrain_video(DownBlock(features, self.layers_per_block, self.num_groups,
                                            self.temporal_downsample[i], self.spatial_downsample[i],
                                            temporal, name=f"down_blocks_{i}")(x_bthwc))
         x_bthwc = MidBlock(self.block_out_channels[-1], self.num_groups, self.mid_attention,
                            self.attention_implementation, temporal, name="mid_block")(x_bthwc)
-        x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
+        x_bthwc = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out", temporal)
-        return _conv2d(self.out_channels, 3, name="conv_out")(x_bthwc)
+        return frame_conv(self.out_channels, 3, name="conv_out")(x_bthwc)
 
 
 class Decoder(nn.Module):
@@ -402,19 +380,19 @@ class Decoder(nn.Module):
         temporal = self.temporal_layers
         channels = tuple(reversed(self.block_out_channels))
         n = len(channels)
-        x_bthwc = _conv2d(channels[0], 3, name="conv_in")(z_bthwc)
+        x_bthwc = frame_conv(channels[0], 3, name="conv_in")(z_bthwc)
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_in", temporal)
-        x_bthwc = _constrain(MidBlock(channels[0], self.num_groups, self.mid_attention,
+        x_bthwc = constrain_video(MidBlock(channels[0], self.num_groups, self.mid_attention,
                                       self.attention_implementation, temporal, name="mid_block")(x_bthwc))
         for i, features in enumerate(channels):
             mirrored = n - 2 - i
-            x_bthwc = _constrain(UpBlock(features, self.layers_per_block + 1, self.num_groups,
+            x_bthwc = constrain_video(UpBlock(features, self.layers_per_block + 1, self.num_groups,
                                          bool(self.temporal_upsample[i]),
                                          mirrored >= 0 and bool(self.spatial_downsample[mirrored]),
                                          temporal, name=f"up_blocks_{i}")(x_bthwc))
-        x_bthwc = nn.silu(_per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
+        x_bthwc = nn.silu(per_frame(GroupNorm(self.num_groups, _NORM_EPS, name="conv_norm_out"), x_bthwc))
         x_bthwc = _temporal_residual(x_bthwc, "temp_conv_out", temporal)
-        return _conv2d(self.out_channels, 3, name="conv_out")(x_bthwc)
+        return frame_conv(self.out_channels, 3, name="conv_out")(x_bthwc)
 
 
 def sample_latent(mean_bthwc, logvar_bthwc, rng):
@@ -444,8 +422,8 @@ class VideoVAE(nn.Module):
         self.encoder = Encoder(out_channels=2 * cfg.latent_channels,
                                temporal_downsample=tuple(cfg.temporal_downsample), **common)
         self.decoder = Decoder(out_channels=3, temporal_upsample=temporal_upsample(cfg), **common)
-        self.quant_conv = _conv2d(2 * cfg.latent_channels, 1)
-        self.post_quant_conv = _conv2d(cfg.latent_channels, 1)
+        self.quant_conv = frame_conv(2 * cfg.latent_channels, 1)
+        self.post_quant_conv = frame_conv(cfg.latent_channels, 1)
 
     def encode(self, video_bthwc):
         """Returns the posterior's (mean, logvar)."""

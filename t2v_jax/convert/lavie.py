@@ -1,0 +1,116 @@
+"""LaVie's UNet state dicts (PyTorch `.pt`, diffusers-style names) -> `LaVieUNet` params.
+
+The Flax names are the diffusers names with `.` -> `/` and list indices joined by `_`, so the mapping is
+derived from the model's own parameter paths: `down_blocks_0/attentions_0/transformer_blocks_0/attn1/query/
+kernel` <- `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight` (transposed). The few
+renames are in `_RENAMES`.
+
+`from_image_model=True` reads Stable Diffusion's 2D `UNet2DConditionModel` instead, as LaVie's
+`from_pretrained_2d` does to start training: the temporal layers (`norm_temp`, `attn_temp`) are not in
+it and keep their initial values, whose zero output projection leaves the image model unchanged.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from t2v_jax.convert.safetensors_io import Tensor, conv, convert, flatten_tree, linear, unflatten_tree
+from t2v_jax.models.lavie_unet import LaVieUNet, spatial_compression
+
+_RENAMES = (
+    (r"/attn_temp/attention/", "/attn_temp/"),
+    (r"/time_rel_pos_bias/embedding$", "/time_rel_pos_bias/relative_attention_bias/weight"),
+    (r"/query/", "/to_q/"), (r"/key/", "/to_k/"), (r"/value/", "/to_v/"), (r"/out/", "/to_out/0/"),
+    (r"/ff/proj_in/", "/ff/net/0/proj/"), (r"/ff/proj_out/", "/ff/net/2/"),
+    (r"(blocks|resnets|attentions|samplers)_(\d+)/", r"\1/\2/"),
+    (r"/(kernel|scale)$", "/weight"),
+)
+_TEMPORAL = re.compile(r"/(norm_temp|attn_temp)/")
+# Tensors a LaVie checkpoint holds that are computed here: RoPE's frequencies (a buffer of
+# rotary_embedding_torch), and the top-level relative position bias that LaVie's UNet builds but never uses.
+_COMPUTED = re.compile(r"(^|\.)rotary_emb\.freqs$|^time_rel_pos_bias\.")
+
+
+def checkpoint_name(path: str) -> str:
+    """The state-dict name of a Flax param path, e.g. 'conv_in/kernel' -> 'conv_in.weight'."""
+    name = "/" + path
+    for pattern, replacement in _RENAMES:
+        name = re.sub(pattern, replacement, name)
+    return name[1:].replace("/", ".")
+
+
+def _tensor(path: str, ndim: int) -> Tensor:
+    transform = {4: conv, 2: linear}.get(ndim) if path.endswith("kernel") else None
+    return Tensor(checkpoint_name(path), transform) if transform else Tensor(checkpoint_name(path))
+
+
+def unet_param_shapes(cfg, frames: int = 2) -> dict:
+    """{param path: ShapeDtypeStruct} of LaVieUNet(cfg), traced on a smallest input (no memory used)."""
+    size = spatial_compression(cfg)
+    variables = jax.eval_shape(
+        LaVieUNet(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, frames, size, size, cfg.in_channels),
+                                                                     jnp.float32),
+        jnp.zeros((1,)), jax.ShapeDtypeStruct((1, 1, cfg.cross_attention_dim), jnp.float32), jnp.ones((1, 1), bool))
+    return flatten_tree(nn.unbox(variables)["params"])
+
+
+def unet_mapping(cfg, *, from_image_model: bool = False) -> dict:
+    """{LaVieUNet param path: checkpoint Tensor}; without the temporal layers for an image model."""
+    return {path: _tensor(path, len(shape.shape)) for path, shape in unet_param_shapes(cfg).items()
+            if not (from_image_model and _TEMPORAL.search("/" + path))}
+
+
+def convert_unet(checkpoint, cfg, *, from_image_model: bool = False, init_rng=None, dtype=np.float32,
+                 progress=None) -> dict:
+    """The LaVieUNet params tree (use as `{"params": tree}`) from a checkpoint view
+    (`SafetensorsCheckpoint` or `StateDictCheckpoint`), raising ConversionError naming every missing,
+    unused or mis-shaped tensor. With `from_image_model`, the temporal layers come from
+    `LaVieUNet(cfg).init(init_rng)` instead."""
+    shapes = unet_param_shapes(cfg)
+    mapping = unet_mapping(cfg, from_image_model=from_image_model)
+    converted = flatten_tree(convert(checkpoint, mapping, {path: shapes[path] for path in mapping}, dtype=dtype,
+                                     ignore_unused=lambda name: bool(_COMPUTED.search(name)), progress=progress))
+    if from_image_model:
+        size = spatial_compression(cfg)
+        init = nn.unbox(LaVieUNet(cfg).init(
+            jax.random.key(0) if init_rng is None else init_rng, jnp.zeros((1, 2, size, size, cfg.in_channels)),
+            jnp.zeros((1,)), jnp.zeros((1, 1, cfg.cross_attention_dim)), jnp.ones((1, 1), bool)))["params"]
+        converted.update({path: np.asarray(value, dtype) for path, value in flatten_tree(init).items()
+                          if path not in mapping})
+    return unflatten_tree(converted)
+
+
+def unet_config_from_diffusers(config_json: dict, base=None):
+    """LaVieUNet config from a diffusers/LaVie UNet `config.json` (SD-1.x layout); ValueError naming what
+    it cannot run. `base` (default `lavie_unet.default_config()`) supplies the fields the file lacks."""
+    from t2v_jax.models import lavie_unet
+
+    cfg = lavie_unet.default_config() if base is None else base.copy_and_resolve_references()
+    down = [name.replace("3D", "2D") for name in config_json["down_block_types"]]
+    for name in down:
+        if name not in ("CrossAttnDownBlock2D", "DownBlock2D"):
+            raise ValueError(f"down_block_types: {name!r} is not an SD-1.x block")
+    expected_up = ["CrossAttnUpBlock2D" if name.startswith("CrossAttn") else "UpBlock2D" for name in reversed(down)]
+    up = [name.replace("3D", "2D") for name in config_json["up_block_types"]]
+    if up != expected_up:
+        raise ValueError(f"up_block_types {up} do not mirror down_block_types {down}")
+    heads = config_json.get("attention_head_dim", 8)
+    if not isinstance(heads, int) and len(set(heads)) == 1:
+        heads = heads[0]
+    if not isinstance(heads, int):
+        raise ValueError(f"attention_head_dim {heads}: one head count for every level is supported")
+    for field, allowed in (("use_linear_projection", False), ("class_embed_type", None),
+                           ("num_class_embeds", None), ("resnet_time_scale_shift", "default"),
+                           ("center_input_sample", False), ("freq_shift", 0), ("flip_sin_to_cos", True)):
+        if config_json.get(field, allowed) != allowed:
+            raise ValueError(f"{field}={config_json[field]!r} is not supported (SD-1.x uses {allowed!r})")
+    cfg.update(in_channels=config_json["in_channels"], out_channels=config_json["out_channels"],
+               block_out_channels=tuple(config_json["block_out_channels"]),
+               attention_levels=tuple(name.startswith("CrossAttn") for name in down),
+               layers_per_block=config_json["layers_per_block"], num_heads=heads,
+               cross_attention_dim=config_json["cross_attention_dim"],
+               norm_num_groups=config_json.get("norm_num_groups", 32), norm_eps=config_json.get("norm_eps", 1e-5))
+    return cfg
