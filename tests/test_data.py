@@ -1,5 +1,6 @@
 """Bouncing Digits rendering, the tfds builders (array_record) and the grain loader."""
 
+import functools
 import os
 import shutil
 import time
@@ -64,7 +65,7 @@ def test_sampled_starts_keep_the_whole_digit_inside_and_bad_starts_are_rejected(
     glyphs_n88, _ = bd.load_glyphs("train")
     for _ in range(200):
         example = bd.sample_example(rng, "train", num_frames=16, canvas=CANVAS)
-        glyph_hw = bd.scale_glyph(glyphs_n88[example["glyph_index"]], 16)
+        glyph_hw = np.kron(glyphs_n88[example["glyph_index"]], np.ones((2, 2)))
         sprite_hwc = glyph_hw[..., None] * bd.COLOUR_RGB[example["colour"]]
         per_frame_t = example["video"].reshape(16, -1).sum(axis=1, dtype=np.int64)
         np.testing.assert_array_equal(per_frame_t, np.rint(sprite_hwc * 255).sum())
@@ -80,13 +81,18 @@ SPEC_CHANNELS = dict(red=(1, 0, 0), green=(0, 1, 0), blue=(0, 0, 1), yellow=(1, 
 SPEC_STEP_XY = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # image y grows downwards
 
 
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
 def _spec_render(glyph_index, colour, direction, start_xy, num_frames, canvas):
     """The spec, pixel by pixel: sklearn digit `glyph_index` (0..16) scaled to intensity/16, each of its
     8x8 cells a (canvas/16)-px square, so the glyph is half the canvas; on-channels rint(255 * intensity),
     the rest 0; glyph top-left at start_xy in frame 0, moving 1 px per frame."""
-    from sklearn.datasets import load_digits
-
-    glyph_88 = load_digits().images[glyph_index] / 16.0
+    glyph_88 = _sklearn_digits().images[glyph_index] / 16.0
     cell = canvas // 16
     (dx, dy), channels = SPEC_STEP_XY[direction], np.array(SPEC_CHANNELS[colour], bool)
     video_thwc = np.zeros((num_frames, canvas, canvas, 3), np.uint8)
@@ -127,6 +133,33 @@ def test_sampled_videos_are_exactly_the_spec(num_frames, canvas):
         low_xy, high_xy = np.maximum(0, -travel_xy), canvas // 2 - np.maximum(0, travel_xy)
         np.testing.assert_array_equal(np.min(starts_k2, axis=0), low_xy)
         np.testing.assert_array_equal(np.max(starts_k2, axis=0), high_xy)
+
+
+@pytest.mark.parametrize("split", bd.SPLITS)
+def test_still_images_are_spec_frames_captioned_without_motion(split):
+    """Each image is a spec frame (the glyph whole, at some position), captioned 'a <colour> <digit>', from the
+    split's own glyphs; scale=2 with the same rng state draws the same image twice as large."""
+    split_glyphs = set(bd.glyph_indices(split).tolist())
+    corners = set()
+    for index in range(100):
+        image = bd.sample_image(np.random.default_rng([9, index]), split, canvas=16)
+        assert image["image"].dtype == np.uint8 and image["image"].shape == (16, 16, 3)
+        colour = bd.COLOURS[image["colour"]]
+        assert image["caption"] == f"a {colour} {image['digit']}"
+        assert image["glyph_index"] in split_glyphs
+        assert image["digit"] == _sklearn_digits().target[image["glyph_index"]]
+        # The glyph's corner: its first lit pixel, less the blank 1 px cells before its first lit cell.
+        lit_y, lit_x = np.nonzero(image["image"].max(axis=-1))
+        glyph_rows, glyph_cols = np.nonzero(_sklearn_digits().images[image["glyph_index"]])
+        corner_xy = (lit_x.min() - glyph_cols.min(), lit_y.min() - glyph_rows.min())
+        want_hwc = _spec_render(image["glyph_index"], colour, "right", corner_xy, 1, 16)[0]
+        np.testing.assert_array_equal(image["image"], want_hwc)
+        corners.add(corner_xy)
+        big = bd.sample_image(np.random.default_rng([9, index]), split, canvas=16, scale=2)
+        assert big["caption"] == image["caption"] and big["image"].shape == (32, 32, 3)
+        np.testing.assert_array_equal(big["image"], np.kron(image["image"], np.ones((2, 2, 1), np.uint8)))
+    # Anywhere on the canvas: corners reach both ends of 0..8 (canvas - glyph) on each axis.
+    assert np.min(list(corners), axis=0).tolist() == [0, 0] and np.max(list(corners), axis=0).tolist() == [8, 8]
 
 
 def test_splits_use_disjoint_glyphs():

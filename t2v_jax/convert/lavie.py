@@ -1,4 +1,5 @@
-"""LaVie's UNet state dicts (PyTorch `.pt`, diffusers-style names) -> `LaVieUNet` params.
+"""LaVie's UNet state dicts (PyTorch `.pt`, diffusers-style names) -> `LaVieUNet` params, and a whole
+release (with Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer) -> orbax folders.
 
 The Flax names are the diffusers names with `.` -> `/` and list indices joined by `_`, so the mapping is
 derived from the model's own parameter paths: `down_blocks_0/attentions_0/transformer_blocks_0/attn1/query/
@@ -10,15 +11,27 @@ renames are in `_RENAMES`.
 it and keep their initial values, whose zero output projection leaves the image model unchanged.
 """
 
+import functools
+import json
+import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import linen as nn
+from tqdm.auto import tqdm
 
-from t2v_jax.convert.safetensors_io import Tensor, conv, convert, flatten_tree, linear, unflatten_tree
-from t2v_jax.models.lavie_unet import LaVieUNet, spatial_compression
+from t2v_jax.convert.allegro import MANIFEST
+from t2v_jax.convert.clip import convert_clip_text, read_clip_text_config
+from t2v_jax.convert.safetensors_io import (StateDictCheckpoint, Tensor, conv, convert, flatten_tree, linear,
+                                           unflatten_tree)
+from t2v_jax.convert.sd_vae import convert_sd_vae, vae_config_from_diffusers_kl
+from t2v_jax.models import lavie_unet
+from t2v_jax.models.lavie_unet import LaVieUNet, interpolation_config, spatial_compression
+from t2v_jax.train.checkpoint import save_params
 
 _RENAMES = (
     (r"/attn_temp/attention/", "/attn_temp/"),
@@ -86,8 +99,6 @@ def convert_unet(checkpoint, cfg, *, from_image_model: bool = False, init_rng=No
 def unet_config_from_diffusers(config_json: dict, base=None):
     """LaVieUNet config from a diffusers/LaVie UNet `config.json` (SD-1.x layout); ValueError naming what
     it cannot run. `base` (default `lavie_unet.default_config()`) supplies the fields the file lacks."""
-    from t2v_jax.models import lavie_unet
-
     cfg = lavie_unet.default_config() if base is None else base.copy_and_resolve_references()
     down = [name.replace("3D", "2D") for name in config_json["down_block_types"]]
     for name in down:
@@ -114,3 +125,63 @@ def unet_config_from_diffusers(config_json: dict, base=None):
                cross_attention_dim=config_json["cross_attention_dim"],
                norm_num_groups=config_json.get("norm_num_groups", 32), norm_eps=config_json.get("norm_eps", 1e-5))
     return cfg
+
+
+def read_state_dict(path: str):
+    """A LaVie `.pt` checkpoint as a `StateDictCheckpoint`: its EMA weights when it holds training state
+    ({"ema": ..., "model": ...}, as LaVie's `find_model` reads it), else the state dict itself."""
+    import torch  # the [ref] extra; only reading PyTorch files needs it
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("ema", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return StateDictCheckpoint(state, path)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing; the converter reads the model's config from it")
+    with open(path) as f:
+        return json.load(f)
+
+
+def convert_lavie(sd_dir: str, out_dir: str, *, base: str | None = None, interpolation: str | None = None,
+                  dtype: str = "float32", show_progress: bool = True) -> dict:
+    """Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer from `sd_dir` (a diffusers folder), and
+    LaVie's base and interpolation UNets from their `.pt` files, into orbax folders under `out_dir`:
+    vae/, text_encoder/, tokenizer/ (copied), base/, interpolation/, and MANIFEST with every config.
+    Every mismatch (missing, unused or mis-shaped tensor) is named before anything is written."""
+    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
+    if np_dtype is None:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose float32 or bfloat16")
+    for name in ("vae", "text_encoder", "tokenizer", "unet"):
+        if not os.path.isdir(os.path.join(sd_dir, name)):
+            raise FileNotFoundError(f"{sd_dir} is not a Stable Diffusion 1.x diffusers folder: no {name}/ subfolder")
+    base_cfg = unet_config_from_diffusers(_read_json(os.path.join(sd_dir, "unet", "config.json")))
+    configs = {"vae": vae_config_from_diffusers_kl(_read_json(os.path.join(sd_dir, "vae", "config.json"))),
+               "text_encoder": read_clip_text_config(os.path.join(sd_dir, "text_encoder"), dtype=dtype),
+               "base": base_cfg, "interpolation": interpolation_config(base_cfg)}
+    converters = {
+        "vae": lambda progress: convert_sd_vae(os.path.join(sd_dir, "vae"), configs["vae"], progress=progress),
+        "text_encoder": lambda progress: convert_clip_text(os.path.join(sd_dir, "text_encoder"),
+                                                           configs["text_encoder"], progress=progress),
+    }
+    for name, path in (("base", base), ("interpolation", interpolation)):
+        if path is not None:
+            converters[name] = functools.partial(
+                lambda progress, name, path: convert_unet(read_state_dict(path), configs[name], dtype=np_dtype,
+                                                          progress=progress), name=name, path=path)
+    os.makedirs(out_dir, exist_ok=True)
+    for name, convert_component in converters.items():
+        with tqdm(desc=f"converting {name}", unit=" tensors", disable=not show_progress) as bar:
+            params = convert_component(lambda path: bar.update())
+        save_params(os.path.join(out_dir, name), params)
+        del params
+    shutil.copytree(os.path.join(sd_dir, "tokenizer"), os.path.join(out_dir, "tokenizer"), dirs_exist_ok=True)
+    manifest = {"source": os.path.abspath(sd_dir), "dtype": dtype, "components": sorted(converters),
+                "configs": {name: cfg.to_dict() for name, cfg in configs.items()}}
+    with open(os.path.join(out_dir, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    return manifest

@@ -6,8 +6,18 @@ primaries/secondaries and moving 1 px/frame left, right, up or down without leav
 says all three: "a red 3 moving left". Glyphs are split by index (first 80% train, last 20% test), so test
 videos show handwriting the model never saw.
 
-The pure-numpy helpers (`load_glyphs`, `render_video`, `caption`, `sample_attributes`, `sample_example`)
-need no build; `BouncingDigits` is the tensorflow-datasets builder that writes array_record files.
+Cascades (base model -> temporal interpolation -> super-resolution, as in LaVie) need every stage's ground
+truth from the SAME clip: `frame_rate=r` renders it with r - 1 in-between frames per base step (1/r px per frame
+at the base canvas) and `scale=s` at s times the canvas, from the same attributes, so one seed gives one clip at
+every rate and size. In-between positions are anti-aliased by exact area coverage (a box filter over an
+infinitely fine supersample); at whole-pixel positions that equals the nearest-neighbour render bit for bit.
+
+Still images (`sample_image`, caption "a red 3") come from the same glyph splits, for joint image-video
+training.
+
+The pure-numpy helpers (`load_glyphs`, `render_video`, `caption`, `sample_attributes`, `sample_example`,
+`sample_image`) need no build; `BouncingDigits` is the tensorflow-datasets builder that writes array_record
+files.
 """
 
 import dataclasses
@@ -82,12 +92,6 @@ def validate_geometry(num_frames, canvas):
         )
 
 
-def scale_glyph(glyph_88, size):
-    """Nearest-neighbour upscale of an 8x8 glyph to size x size (size a multiple of 8: exact pixel repeat)."""
-    factor = size // GLYPH_PIXELS
-    return np.repeat(np.repeat(glyph_88, factor, axis=0), factor, axis=1)
-
-
 def start_range(direction, *, num_frames=16, canvas=32):
     """Inclusive (low_xy, high_xy) of start positions (glyph top-left) that keep every frame inside."""
     step_xy = DIRECTION_XY[_index(direction, DIRECTIONS, "direction")]
@@ -97,10 +101,43 @@ def start_range(direction, *, num_frames=16, canvas=32):
     return low_xy, high_xy
 
 
-def render_video(glyph_88, colour, direction, start_xy, *, num_frames=16, canvas=32):
-    """uint8 (T, H, W, 3) video on black: glyph top-left at start_xy, moving 1 px/frame in `direction`."""
-    validate_geometry(num_frames, canvas)
+def _coverage_tpk(corner_t, cell, canvas):
+    """(T, canvas, 8): how much of pixel p, [p, p + 1), lies in glyph cell k, [corner + k*cell, corner + (k+1)*cell).
+
+    A frame is these weights times the glyph along rows and along columns: the box average of an infinitely fine
+    nearest-neighbour render. At whole-pixel corners every weight is exactly 0 or 1, hence the nearest render.
+    """
+    cell_start_t1k = (corner_t[:, None] + cell * np.arange(GLYPH_PIXELS))[:, None, :]
+    pixel_p1 = np.arange(canvas)[:, None]
+    overlap_tpk = np.minimum(pixel_p1 + 1, cell_start_t1k + cell) - np.maximum(pixel_p1, cell_start_t1k)
+    return np.maximum(overlap_tpk, 0.0)
+
+
+def _render_frames(glyph_88, colour, corner_txy, canvas):
+    """uint8 (T, canvas, canvas, 3): a half-canvas glyph with top-left at each (possibly fractional) corner."""
     colour_rgb = COLOUR_RGB[_index(colour, COLOURS, "colour")]
+    cell = glyph_size(canvas) // GLYPH_PIXELS
+    cover_y_thk = _coverage_tpk(corner_txy[:, 1], cell, canvas)
+    cover_x_twk = _coverage_tpk(corner_txy[:, 0], cell, canvas)
+    intensity_thw = cover_y_thk @ np.asarray(glyph_88, np.float64) @ cover_x_twk.transpose(0, 2, 1)
+    return np.rint(intensity_thw[..., None] * colour_rgb * 255).astype(np.uint8)
+
+
+def _check_factor(value, name):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def render_video(glyph_88, colour, direction, start_xy, *, num_frames=16, canvas=32, frame_rate=1, scale=1):
+    """uint8 ((num_frames - 1) * frame_rate + 1, canvas * scale, canvas * scale, 3) video on black.
+
+    `num_frames`, `canvas` and `start_xy` (glyph top-left) describe the base clip, which moves 1 px per frame in
+    `direction`; frame_rate * k of the output is base frame k, shown at `scale` times the size (1 base px =
+    `scale` px), and the frames between are the glyph at fractional positions, anti-aliased by area coverage.
+    """
+    validate_geometry(num_frames, canvas)
+    _check_factor(frame_rate, "frame_rate")
+    _check_factor(scale, "scale")
     step_xy = DIRECTION_XY[_index(direction, DIRECTIONS, "direction")]
     low_xy, high_xy = start_range(direction, num_frames=num_frames, canvas=canvas)
     start_xy = np.asarray(start_xy, dtype=np.int64)
@@ -108,15 +145,10 @@ def render_video(glyph_88, colour, direction, start_xy, *, num_frames=16, canvas
         raise ValueError(
             f"start_xy={start_xy.tolist()} leaves the canvas; allowed {low_xy.tolist()}..{high_xy.tolist()}"
         )
-    size = glyph_size(canvas)
-    sprite_hwc = np.rint(scale_glyph(glyph_88, size)[..., None] * colour_rgb * 255).astype(np.uint8)
-    corner_txy = start_xy + np.arange(num_frames)[:, None] * step_xy
-    rows_ts = corner_txy[:, 1:2] + np.arange(size)
-    cols_ts = corner_txy[:, 0:1] + np.arange(size)
-    video_thwc = np.zeros((num_frames, canvas, canvas, 3), dtype=np.uint8)
-    frame_t = np.arange(num_frames)[:, None, None]
-    video_thwc[frame_t, rows_ts[:, :, None], cols_ts[:, None, :]] = sprite_hwc
-    return video_thwc
+    frame_t1 = np.arange((num_frames - 1) * frame_rate + 1)[:, None]
+    # One division, so whole-pixel corners (every frame when scale is a multiple of frame_rate) stay exact.
+    corner_txy = start_xy * scale + frame_t1 * step_xy * scale / frame_rate
+    return _render_frames(glyph_88, colour, corner_txy, canvas * scale)
 
 
 def caption(digit, colour, direction):
@@ -126,11 +158,20 @@ def caption(digit, colour, direction):
     return f"a {colour_name} {int(digit)} moving {direction_name}"
 
 
-def sample_attributes(rng, split, *, num_frames=16, canvas=32):
-    """Random glyph, colour, direction and an in-canvas start: dict of ints (glyph_index is global)."""
+def image_caption(digit, colour):
+    """The prompt for a still image: 'a red 3' (a video's caption without the motion)."""
+    return f"a {COLOURS[_index(colour, COLOURS, 'colour')]} {int(digit)}"
+
+
+def _sample_glyph_and_colour(rng, split):
     indices = glyph_indices(split)
     glyph_index = int(indices[rng.integers(len(indices))])
-    colour = int(rng.integers(len(COLOURS)))
+    return glyph_index, int(rng.integers(len(COLOURS)))
+
+
+def sample_attributes(rng, split, *, num_frames=16, canvas=32):
+    """Random glyph, colour, direction and an in-canvas start: dict of ints (glyph_index is global)."""
+    glyph_index, colour = _sample_glyph_and_colour(rng, split)
     direction = int(rng.integers(len(DIRECTIONS)))
     low_xy, high_xy = start_range(direction, num_frames=num_frames, canvas=canvas)
     start_xy = tuple(int(v) for v in rng.integers(low_xy, high_xy + 1))
@@ -143,16 +184,38 @@ def sample_attributes(rng, split, *, num_frames=16, canvas=32):
     )
 
 
-def sample_example(rng, split, *, num_frames=16, canvas=32):
-    """One record as the builder stores it: video, caption, digit, colour, direction, glyph_index."""
+def sample_example(rng, split, *, num_frames=16, canvas=32, frame_rate=1, scale=1):
+    """One record as the builder stores it: video, caption, digit, colour, direction, glyph_index.
+
+    The attributes depend on the base `num_frames` and `canvas` only, so the same rng state gives the same clip
+    at every `frame_rate` and `scale` (see `render_video`).
+    """
     attributes = sample_attributes(rng, split, num_frames=num_frames, canvas=canvas)
     glyph_88 = _all_glyphs()[0][attributes["glyph_index"]]
     colour, direction = attributes["colour"], attributes["direction"]
     video_thwc = render_video(
-        glyph_88, colour, direction, attributes["start_xy"], num_frames=num_frames, canvas=canvas
+        glyph_88, colour, direction, attributes["start_xy"], num_frames=num_frames, canvas=canvas,
+        frame_rate=frame_rate, scale=scale,
     )
     labels = {key: attributes[key] for key in ("digit", "colour", "direction", "glyph_index")}
     return dict(video=video_thwc, caption=caption(attributes["digit"], colour, direction), **labels)
+
+
+def sample_image(rng, split, *, canvas=32, scale=1):
+    """A still for joint image-video training: dict of image (uint8 (H, W, 3), like a video frame), caption
+    ('a red 3'), digit, colour and glyph_index.
+
+    Glyph, colour and a whole-pixel position anywhere inside the base `canvas` are drawn as for videos, from
+    the same split's glyphs; `scale` renders that same image larger, as `render_video` does.
+    """
+    validate_geometry(1, canvas)
+    _check_factor(scale, "scale")
+    glyph_index, colour = _sample_glyph_and_colour(rng, split)
+    start_xy = rng.integers(0, canvas - glyph_size(canvas) + 1, size=2)
+    image_hwc = _render_frames(_all_glyphs()[0][glyph_index], colour, start_xy[None] * scale, canvas * scale)[0]
+    digit = int(_all_glyphs()[1][glyph_index])
+    return dict(image=image_hwc, caption=image_caption(digit, colour), digit=digit, colour=colour,
+                glyph_index=glyph_index)
 
 
 def example_rng(seed, split, index):
@@ -160,12 +223,19 @@ def example_rng(seed, split, index):
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
-def sample_videos(num_videos, split="test", *, seed=0, num_frames=16, canvas=32):
-    """(videos_nthwc uint8, captions list[str]) rendered directly, exactly the records a build would hold."""
-    videos_nthwc = np.zeros((num_videos, num_frames, canvas, canvas, 3), np.uint8)
+def sample_videos(num_videos, split="test", *, seed=0, num_frames=16, canvas=32, frame_rate=1, scale=1):
+    """(videos_nthwc uint8, captions list[str]) rendered directly, exactly the records a build would hold.
+
+    With `frame_rate` or `scale` above 1, the same clips at that rate and size (see `render_video`).
+    """
+    out_frames, out_canvas = (num_frames - 1) * frame_rate + 1, canvas * scale
+    videos_nthwc = np.zeros((num_videos, out_frames, out_canvas, out_canvas, 3), np.uint8)
     captions = []
     for index in range(num_videos):
-        example = sample_example(example_rng(seed, split, index), split, num_frames=num_frames, canvas=canvas)
+        example = sample_example(
+            example_rng(seed, split, index), split, num_frames=num_frames, canvas=canvas, frame_rate=frame_rate,
+            scale=scale,
+        )
         videos_nthwc[index] = example["video"]
         captions.append(example["caption"])
     return videos_nthwc, captions
@@ -180,34 +250,52 @@ class BouncingDigitsConfig(tfds.core.BuilderConfig):
     train_size: int = 20000
     test_size: int = 2000
     seed: int = 0
+    frame_rate: int = 1
+    scale: int = 1
 
 
-def _config_name(num_frames, canvas, train_size, test_size, seed):
-    return f"f{num_frames}_c{canvas}_train{train_size}_test{test_size}_seed{seed}"
+def _config_name(num_frames, canvas, train_size, test_size, seed, frame_rate=1, scale=1):
+    rendering = (f"_rate{frame_rate}" if frame_rate != 1 else "") + (f"_x{scale}" if scale != 1 else "")
+    return f"f{num_frames}_c{canvas}{rendering}_train{train_size}_test{test_size}_seed{seed}"
 
 
-def _new_config(*, num_frames, canvas, train_size, test_size, seed):
+def rendered_geometry(num_frames, canvas, frame_rate=1, scale=1):
+    """(frames, canvas) of the stored videos: the clip of `num_frames` x `canvas` rendered at `frame_rate`
+    times the frame rate and `scale` times the size."""
+    return (num_frames - 1) * frame_rate + 1, canvas * scale
+
+
+def _new_config(*, num_frames, canvas, train_size, test_size, seed, frame_rate=1, scale=1):
+    frames, size = rendered_geometry(num_frames, canvas, frame_rate, scale)
     return BouncingDigitsConfig(
-        name=_config_name(num_frames, canvas, train_size, test_size, seed),
-        description=f"{num_frames} frames of {canvas}x{canvas}, {train_size} train / {test_size} test videos",
+        name=_config_name(num_frames, canvas, train_size, test_size, seed, frame_rate, scale),
+        description=f"{frames} frames of {size}x{size}, {train_size} train / {test_size} test videos",
         num_frames=num_frames,
         canvas=canvas,
         train_size=train_size,
         test_size=test_size,
         seed=seed,
+        frame_rate=frame_rate,
+        scale=scale,
     )
 
 
-def make_config(*, num_frames=16, canvas=32, train_size=20000, test_size=2000, seed=0):
-    """Validated config; returns the registered instance when one matches (tfds rejects look-alikes)."""
+def make_config(*, num_frames=16, canvas=32, train_size=20000, test_size=2000, seed=0, frame_rate=1, scale=1):
+    """Validated config; returns the registered instance when one matches (tfds rejects look-alikes).
+
+    `num_frames` and `canvas` describe the clip; `frame_rate` and `scale` how it is rendered (see
+    `render_video`), so builds at every rate and size of one seed hold the same clips."""
     validate_geometry(num_frames, canvas)
+    _check_factor(frame_rate, "frame_rate")
+    _check_factor(scale, "scale")
     if train_size < 1 or test_size < 0:
         raise ValueError(f"need train_size >= 1 and test_size >= 0, got {train_size} and {test_size}")
-    name = _config_name(num_frames, canvas, train_size, test_size, seed)
+    name = _config_name(num_frames, canvas, train_size, test_size, seed, frame_rate, scale)
     registered = {config.name: config for config in BouncingDigits.BUILDER_CONFIGS}
     if name in registered:
         return registered[name]
-    return _new_config(num_frames=num_frames, canvas=canvas, train_size=train_size, test_size=test_size, seed=seed)
+    return _new_config(num_frames=num_frames, canvas=canvas, train_size=train_size, test_size=test_size, seed=seed,
+                       frame_rate=frame_rate, scale=scale)
 
 
 class BouncingDigits(tfds.core.GeneratorBasedBuilder):
@@ -219,7 +307,8 @@ class BouncingDigits(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         config = self.builder_config
-        video_shape = (config.num_frames, config.canvas, config.canvas, 3)
+        frames, size = rendered_geometry(config.num_frames, config.canvas, config.frame_rate, config.scale)
+        video_shape = (frames, size, size, 3)
         return self.dataset_info_from_configs(
             description=__doc__.split("\n\n")[0],
             features=tfds.features.FeaturesDict(
@@ -245,4 +334,5 @@ class BouncingDigits(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         for index in range(num_videos):
             rng = example_rng(config.seed, split, index)
-            yield index, sample_example(rng, split, num_frames=config.num_frames, canvas=config.canvas)
+            yield index, sample_example(rng, split, num_frames=config.num_frames, canvas=config.canvas,
+                                        frame_rate=config.frame_rate, scale=config.scale)

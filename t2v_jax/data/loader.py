@@ -6,7 +6,9 @@ exactly the next batch. `batch_size` is per process: the global batch is batch_s
 
 config.data fields: name ("bouncing_digits" | "video_folder"), dir (tfds data_dir), num_frames, canvas,
 train_size, test_size, seed (dataset generation), folder and captions_file (video_folder only); optional
-frame_stride (video_folder, default 1) and worker_count (grain worker processes, default 0).
+frame_stride (video_folder, default 1), frame_rate and scale (bouncing_digits, default 1: the same clips
+rendered at that many times the frame rate and size, for cascades) and worker_count (grain worker
+processes, default 0).
 """
 
 import grain
@@ -63,6 +65,8 @@ def make_builder(data_cfg):
             train_size=data_cfg.train_size,
             test_size=data_cfg.test_size,
             seed=data_cfg.seed,
+            frame_rate=data_cfg.get("frame_rate", 1),
+            scale=data_cfg.get("scale", 1),
         )
         return bouncing_digits.BouncingDigits(data_dir=data_cfg.dir, config=config, file_format="array_record")
     if data_cfg.name == "video_folder":

@@ -71,19 +71,23 @@ def spacing_options(sampling_cfg) -> dict:
     return {key: sampling_cfg.get(key, default) for key, default in _DEFAULT_SPACING.items()}
 
 
-def validate_config(config) -> None:
-    """config.diffusion (schedule, target, weighting) and config.sampling against each other."""
-    diff, samp = config.diffusion, config.sampling
+def validate_config(config, sampling_field: str = "sampling") -> None:
+    """config.diffusion (schedule, target, weighting) and the sampling section at `sampling_field` (a
+    cascade stage has its own, e.g. "interpolation.sampling") against each other."""
+    diff = config.diffusion
+    samp = config
+    for key in sampling_field.split("."):
+        samp = samp[key]
     one_of(diff.schedule, "diffusion.schedule", SCHEDULE_KINDS)
     one_of(diff.prediction_type, "diffusion.prediction_type", PREDICTION_TYPES)
-    one_of(samp.method, "sampling.method", SAMPLERS)
-    require(0 < samp.num_steps <= diff.num_train_steps, "sampling.num_steps",
+    one_of(samp.method, f"{sampling_field}.method", SAMPLERS)
+    require(0 < samp.num_steps <= diff.num_train_steps, f"{sampling_field}.num_steps",
             f"must be in [1, diffusion.num_train_steps={diff.num_train_steps}], got {samp.num_steps}")
     is_flow = diff.schedule == "flow"
     require(is_flow == (diff.prediction_type == "flow"), "diffusion.prediction_type",
             f"{diff.prediction_type!r} does not fit schedule {diff.schedule!r}: the flow schedule "
             "trains 'flow' targets and the others 'eps', 'v' or 'x0'")
-    require(is_flow == (samp.method == "flow_euler"), "sampling.method",
+    require(is_flow == (samp.method == "flow_euler"), f"{sampling_field}.method",
             f"{samp.method!r} does not fit schedule {diff.schedule!r}: use 'flow_euler' with 'flow' "
             "and ddpm/ddim/euler_ancestral otherwise")
     snr_shift = diff.get("snr_shift", 1.0)
@@ -91,26 +95,26 @@ def validate_config(config) -> None:
             f"must be positive (SNRs are divided by its square), and 1 for the flow schedule; got {snr_shift}")
     require(not (is_flow and diff.min_snr_gamma), "diffusion.min_snr_gamma",
             "min-SNR weighting is defined for eps, v and x0 targets; set it to None for the flow schedule")
-    _check_spacing(samp.method, samp.num_steps, diff.num_train_steps, **spacing_options(samp))
+    _check_spacing(samp.method, samp.num_steps, diff.num_train_steps, sampling_field, **spacing_options(samp))
 
 
-def _check_spacing(method, num_steps, n, *, timestep_spacing, steps_offset, set_alpha_to_one) -> None:
+def _check_spacing(method, num_steps, n, field, *, timestep_spacing, steps_offset, set_alpha_to_one) -> None:
     """The spacing fields against the sampler and the step counts, as ConfigErrors naming the field."""
-    one_of(timestep_spacing, "sampling.timestep_spacing", TIMESTEP_SPACINGS)
+    one_of(timestep_spacing, f"{field}.timestep_spacing", TIMESTEP_SPACINGS)
     discrete = method in ("ddpm", "ddim")
-    require(discrete or timestep_spacing == "trailing", "sampling.timestep_spacing",
+    require(discrete or timestep_spacing == "trailing", f"{field}.timestep_spacing",
             f"{timestep_spacing!r} applies to ddpm and ddim; {method!r} has its own grid, leave it 'trailing'")
-    require(isinstance(steps_offset, int) and steps_offset >= 0, "sampling.steps_offset",
+    require(isinstance(steps_offset, int) and steps_offset >= 0, f"{field}.steps_offset",
             f"must be a non-negative integer, got {steps_offset!r}")
-    require(steps_offset == 0 or timestep_spacing == "leading", "sampling.steps_offset",
+    require(steps_offset == 0 or timestep_spacing == "leading", f"{field}.steps_offset",
             f"shifts 'leading' timesteps only (diffusers ignores it otherwise); got {steps_offset} with "
-            f"sampling.timestep_spacing={timestep_spacing!r}")
+            f"{field}.timestep_spacing={timestep_spacing!r}")
     if timestep_spacing == "leading":
         # Below N // K, the first step stays at or below N - 1 and the last one steps past 0 to the end.
-        require(steps_offset < n // num_steps, "sampling.steps_offset",
+        require(steps_offset < n // num_steps, f"{field}.steps_offset",
                 f"{steps_offset} must be below N // K = {n // num_steps} (N = diffusion.num_train_steps = {n}, "
-                f"K = sampling.num_steps = {num_steps}) so that the last step ends the run")
-    require(set_alpha_to_one or method == "ddim", "sampling.set_alpha_to_one",
+                f"K = {field}.num_steps = {num_steps}) so that the last step ends the run")
+    require(set_alpha_to_one or method == "ddim", f"{field}.set_alpha_to_one",
             f"False is DDIM's final-step rule; {method!r} always ends at alphas_cumprod = 1")
 
 
@@ -139,7 +143,7 @@ def timesteps(method, num_steps, schedule, *, timestep_spacing="trailing", steps
     n = num_train_steps(schedule)
     if not 1 <= num_steps <= n:
         raise ValueError(f"num_steps must be in [1, {n}], got {num_steps}")
-    _check_spacing(method, num_steps, n, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
+    _check_spacing(method, num_steps, n, "sampling", timestep_spacing=timestep_spacing, steps_offset=steps_offset,
                    set_alpha_to_one=set_alpha_to_one)
     final = -1 if set_alpha_to_one else 0
     if method in ("ddpm", "ddim"):

@@ -18,14 +18,14 @@ def test_prompts(data_cfg, num_prompts: int, seed: int) -> list[str]:
 
 
 def generate_and_judge(pipeline, prompts, *, batch_size: int = 32, seed: int = 0, progress: bool = True):
-    """Generates one video per prompt in fixed-size batches (one compile) and scores them."""
-    judge = Judge.fit(canvas=pipeline.config.data.canvas)
+    """Generates one video per prompt in fixed-size batches (one compile) and scores them with a judge
+    fitted to the videos' size (a cascade's last stage may enlarge them)."""
     padded = list(prompts) + [prompts[0]] * (-len(prompts) % batch_size)
     videos = []
     for start in tqdm(range(0, len(padded), batch_size), desc="sample", disable=not progress):
         videos.append(pipeline.generate(padded[start:start + batch_size], seed=seed + start))
     videos_nthwc = np.concatenate(videos)[:len(prompts)]
-    return judge.score(videos_nthwc, prompts), videos_nthwc
+    return Judge.fit(canvas=videos_nthwc.shape[2]).score(videos_nthwc, prompts), videos_nthwc
 
 
 def reconstruct_and_judge(round_trip, data_cfg, num_videos: int, seed: int, *, batch_size: int = 32,

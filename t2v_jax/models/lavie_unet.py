@@ -61,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
       norm_num_groups / norm_eps: the ResNet GroupNorms.
       rotary_dim: channels of each temporal-attention head RoPE rotates (0: none).
       temporal_position_bias: the learned relative position bias in temporal attention.
+      sparse_causal: spatial self-attention reads the first and previous frames' tokens instead of the
+        frame's own (LaVie's interpolation model).
+      temporal_after_ff: temporal attention after the feed-forward instead of before it (interpolation).
       attention: the kernel (`layers/attention.py`); dtype: compute dtype.
     """
     cfg = ml_collections.ConfigDict()
@@ -75,6 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.norm_eps = 1e-5
     cfg.rotary_dim = 32
     cfg.temporal_position_bias = True
+    cfg.sparse_causal = False
+    cfg.temporal_after_ff = False
     cfg.attention = "xla"
     cfg.dtype = "float32"
     return cfg
@@ -86,6 +91,16 @@ def sd14_config() -> ml_collections.ConfigDict:
     cfg.update(in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
                attention_levels=(True, True, True, False), layers_per_block=2, num_heads=8,
                cross_attention_dim=768, norm_num_groups=32)
+    return cfg
+
+
+def interpolation_config(base_cfg) -> ml_collections.ConfigDict:
+    """LaVie's interpolation UNet from a base config: the noisy latent and the repeated keyframe latents in
+    (2 x channels), sparse-causal spatial attention, temporal attention after the feed-forward, without
+    RoPE or position bias."""
+    cfg = base_cfg.copy_and_resolve_references()
+    cfg.update(in_channels=2 * base_cfg.out_channels, sparse_causal=True, temporal_after_ff=True, rotary_dim=0,
+               temporal_position_bias=False)
     return cfg
 
 
@@ -166,9 +181,20 @@ class TemporalAttention(nn.Module):
             x_nfc, bias_bhls=bias_1hff, rope=rope)
 
 
+def sparse_causal_keys(x_bflc):
+    """(B, F, L, C) -> (B, F, 2L, C): what each frame's sparse-causal spatial attention reads, the tokens
+    of the first frame and of the previous one (frame 0: the first twice), as LaVie's interpolation
+    model (after Tune-A-Video) attends."""
+    previous = jnp.maximum(jnp.arange(x_bflc.shape[1]) - 1, 0)
+    first_bflc = jnp.broadcast_to(x_bflc[:, :1], x_bflc.shape)
+    return jnp.concatenate([first_bflc, x_bflc[:, previous]], axis=2)
+
+
 class TransformerBlock(nn.Module):
     """Spatial self-attention -> cross-attention -> temporal self-attention -> GEGLU feed-forward, each
-    pre-LayerNorm and residual, on the tokens (B*F, H*W, C) of every frame."""
+    pre-LayerNorm and residual, on the tokens (B*F, H*W, C) of every frame. The interpolation model's
+    variant (`sparse_causal`, `temporal_after_ff`) attends spatially to the first and previous frames
+    and runs its temporal attention last."""
 
     cfg: Any
     num_heads: int
@@ -181,21 +207,31 @@ class TransformerBlock(nn.Module):
         attend = dict(num_heads=self.num_heads, head_dim=self.head_dim, implementation=cfg.attention,
                       use_bias=False, out_bias=True, dtype=dtype)
         norm = lambda name: LayerNorm(_LAYER_NORM_EPS, name=name)  # noqa: E731
-        x_nlc = x_nlc + Attention(**attend, name="attn1")(norm("norm1")(x_nlc))
+        n, positions, channels = x_nlc.shape
+        h_nlc = norm("norm1")(x_nlc)
+        keys = None
+        if cfg.get("sparse_causal", False):
+            keys = sparse_causal_keys(h_nlc.reshape(n // frames, frames, positions, channels))
+            keys = keys.reshape(n, 2 * positions, channels)
+        x_nlc = x_nlc + Attention(**attend, name="attn1")(h_nlc, keys)
         x_nlc = x_nlc + Attention(**attend, name="attn2")(norm("norm2")(x_nlc), context_nsd,
                                                           kv_mask_bs=context_mask_ns)
-        n, positions, channels = x_nlc.shape
-        video_frames = frames - num_images
-        x_bflc = x_nlc.reshape(n // frames, frames, positions, channels)
-        video_bflc = x_bflc[:, :video_frames]
-        video_nfc = jnp.swapaxes(video_bflc, 1, 2).reshape(-1, video_frames, channels)
-        temporal_nfc = TemporalAttention(self.num_heads, self.head_dim, cfg.rotary_dim, cfg.temporal_position_bias,
-                                         implementation=cfg.attention, dtype=dtype, name="attn_temp")(
-            norm("norm_temp")(video_nfc))
-        temporal_bflc = jnp.swapaxes(temporal_nfc.reshape(n // frames, positions, video_frames, channels), 1, 2)
-        x_bflc = x_bflc.at[:, :video_frames].add(temporal_bflc)
-        x_nlc = x_bflc.reshape(n, positions, channels)
-        return x_nlc + FeedForward(4 * channels, activation="geglu", dtype=dtype, name="ff")(norm("norm3")(x_nlc))
+
+        def temporal(x_nlc):
+            video_frames = frames - num_images
+            x_bflc = x_nlc.reshape(n // frames, frames, positions, channels)
+            video_nfc = jnp.swapaxes(x_bflc[:, :video_frames], 1, 2).reshape(-1, video_frames, channels)
+            temporal_nfc = TemporalAttention(self.num_heads, self.head_dim, cfg.rotary_dim, cfg.temporal_position_bias,
+                                             implementation=cfg.attention, dtype=dtype, name="attn_temp")(
+                norm("norm_temp")(video_nfc))
+            temporal_bflc = jnp.swapaxes(temporal_nfc.reshape(n // frames, positions, video_frames, channels), 1, 2)
+            return x_bflc.at[:, :video_frames].add(temporal_bflc).reshape(n, positions, channels)
+
+        after_ff = cfg.get("temporal_after_ff", False)
+        if not after_ff:
+            x_nlc = temporal(x_nlc)
+        x_nlc = x_nlc + FeedForward(4 * channels, activation="geglu", dtype=dtype, name="ff")(norm("norm3")(x_nlc))
+        return temporal(x_nlc) if after_ff else x_nlc
 
 
 class SpatioTemporalTransformer(nn.Module):

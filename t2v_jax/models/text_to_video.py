@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from t2v_jax.checks import video_size
 from t2v_jax.diffusion.schedules import make_schedule
 from t2v_jax.models import video_vae
+from t2v_jax.models.clip_text import CLIPTextEncoder
 from t2v_jax.models.text_encoder import ByteTokenizer, T5Encoder
 from t2v_jax.models.video_dit import VideoDiT
 
@@ -36,14 +37,33 @@ def num_dit_tokens(config) -> int:
     return math.prod(dit_token_grid(config))
 
 
-class TextToVideoModel:
-    """The text encoder and DiT that train together, plus the tokenizer and noise schedule."""
+TEXT_ENCODERS = ("t5", "clip")
 
-    def __init__(self, config):
+
+def text_encoder_module(text_cfg):
+    """The text encoder config.text names: `kind` "t5" (default; the byte-level T5 trained here, or T5 v1.1
+    XXL for Allegro) or "clip" (CLIP ViT-L/14's text tower, Stable Diffusion 1.x's, for LaVie's released
+    weights). Both map (ids_bl, mask_bl) to (B, L, width)."""
+    kind = text_cfg.get("kind", "t5")
+    if kind == "clip":
+        return CLIPTextEncoder(text_cfg.encoder)
+    if kind != "t5":
+        raise ValueError(f"text.kind={kind!r}; allowed: {TEXT_ENCODERS}")
+    return T5Encoder(text_cfg.encoder)
+
+
+class TextToVideoModel:
+    """The text encoder and denoiser that train together, plus the tokenizer and noise schedule.
+
+    The denoiser is `VideoDiT(config.dit)` unless a system passes its own Linen module with the same
+    call, (x_bthwc, t_b, context_bld, context_mask_bl) -> x_bthwc (LaVie passes its UNet); its params
+    sit under "dit" either way."""
+
+    def __init__(self, config, denoiser=None):
         self.config = config
         self.tokenizer = ByteTokenizer(config.text.max_length)
-        self.text_encoder = T5Encoder(config.text.encoder)
-        self.dit = VideoDiT(config.dit)
+        self.text_encoder = text_encoder_module(config.text)
+        self.dit = VideoDiT(config.dit) if denoiser is None else denoiser
         d = config.diffusion
         self.schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end,
                                       d.get("snr_shift", 1.0))

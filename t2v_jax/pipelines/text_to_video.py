@@ -26,11 +26,12 @@ from t2v_jax.pipelines.base import Pipeline, free
 class TextToVideoPipeline(Pipeline):
     """The tokenizer, text encoder, DiT and VAE of one latent system, with their params."""
 
-    def __init__(self, config, *, tokenizer, text_encoder_params, dit_params, vae_params):
+    def __init__(self, config, *, tokenizer, text_encoder_params, dit_params, vae_params, model=None):
         """Params are Flax variables ({"params": ...}); `text_encoder_params` may instead be a
-        zero-argument function that loads them (per `encode_prompts` call, freed after it)."""
+        zero-argument function that loads them (per `encode_prompts` call, freed after it). `model`: a
+        `TextToVideoModel` with a system's own denoiser (default: the DiT's)."""
         super().__init__(config, tokenizer)
-        self.model = TextToVideoModel(config)
+        self.model = TextToVideoModel(config) if model is None else model
         self.vae = VideoVAE(config.vae)
         self.text_encoder_params = text_encoder_params
         self.dit_params = dit_params

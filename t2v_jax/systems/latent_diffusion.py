@@ -13,7 +13,7 @@ from t2v_jax.diffusion import samplers
 from t2v_jax.layers.attention import check_implementation
 from t2v_jax.models import video_dit, video_vae
 from t2v_jax.models.text_encoder import ByteTokenizer
-from t2v_jax.models.text_to_video import dit_token_grid, latent_shape, num_dit_tokens
+from t2v_jax.models.text_to_video import TEXT_ENCODERS, dit_token_grid, latent_shape, num_dit_tokens
 from t2v_jax.models.video_vae import VideoVAE, vae_decode, vae_encode
 from t2v_jax.parallel.mesh import mesh_sizes
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
@@ -42,6 +42,12 @@ def validate_model(config) -> None:
             f"{dit.in_channels} must equal vae.latent_channels={vae.latent_channels}")
     require(dit.caption_channels == config.text.encoder.width, "dit.caption_channels",
             f"{dit.caption_channels} must equal text.encoder.width={config.text.encoder.width}")
+    validate_autoencoder_and_text(config)
+
+
+def validate_autoencoder_and_text(config) -> None:
+    """The VAE's blocks and the text encoder: what every latent system here checks, whatever its denoiser."""
+    vae = config.vae
     for field in ("temporal_downsample", "spatial_downsample"):
         require(len(vae[field]) == len(vae.block_out_channels), f"vae.{field}",
                 f"needs one entry per block ({len(vae.block_out_channels)}), got {len(vae[field])}")
@@ -51,12 +57,20 @@ def validate_model(config) -> None:
     for channels in vae.block_out_channels:
         require(channels % vae.norm_num_groups == 0, "vae.block_out_channels",
                 f"{channels} is not divisible by vae.norm_num_groups={vae.norm_num_groups}")
+    one_of(config.text.get("kind", "t5"), "text.kind", TEXT_ENCODERS)
     text = config.text.encoder
-    require(text.num_heads * text.head_dim > 0, "text.encoder.num_heads", "must be positive")
+    if config.text.get("kind", "t5") == "clip":
+        require(text.num_heads > 0 and text.width % text.num_heads == 0, "text.encoder.num_heads",
+                f"{text.num_heads} heads do not divide text.encoder.width={text.width}")
+        require(config.text.max_length <= text.max_length, "text.max_length",
+                f"{config.text.max_length} tokens exceed the encoder's {text.max_length} positions "
+                "(text.encoder.max_length)")
+    else:
+        require(text.num_heads * text.head_dim > 0, "text.encoder.num_heads", "must be positive")
 
 
-def validate_data(config) -> None:
-    """The dataset, and frame counts and sizes the VAE and the DiT's patches divide."""
+def validate_videos(config) -> None:
+    """The dataset, and frame counts and sizes the VAE divides."""
     data = config.data
     validate_data_config(data)
     check_caption_budget(config)
@@ -68,6 +82,12 @@ def validate_data(config) -> None:
     for field, size in zip(("data.canvas", "data.width"), video_size(data)):
         require(size > 0 and size % s_down == 0, field,
                 f"{size} px is not divisible by the VAE's x{s_down} spatial compression")
+
+
+def validate_data(config) -> None:
+    """The dataset, and frame counts and sizes the VAE and the DiT's patches divide."""
+    validate_videos(config)
+    data = config.data
     frames, height, width, _ = latent_shape(config)
     pt, ph, pw = config.dit.patch_thw
     for name, size, patch in (("frames", frames, pt), ("height", height, ph), ("width", width, pw)):

@@ -48,10 +48,13 @@ def train(config, workdir: str, stages=None, *, progress: bool = True) -> dict:
         train_cfg = config[stage_spec.train_field]
         stage_dir = os.path.join(workdir, stage_spec.name)
         start = time.perf_counter()
-        source = data_source(config.data, "train")
+        # A cascade stage may train on the same clips rendered at another frame rate or size.
+        data_cfg = getattr(stage, "data_config", config.data)
+        build_dataset(data_cfg)
+        source = data_source(data_cfg, "train")
         if hasattr(stage, "training_source"):
             source = stage.training_source(source, stage_dir, progress=progress)
-        iterator = iter(make_loader(config.data, "train", batch_size=train_cfg.batch_size, seed=config.seed + offset,
+        iterator = iter(make_loader(data_cfg, "train", batch_size=train_cfg.batch_size, seed=config.seed + offset,
                                     source=source))
         fit(stage, train_cfg, iterator, stage_dir, mesh_cfg=config.mesh, seed=config.seed + offset,
             progress=progress)

@@ -72,9 +72,10 @@ class DiTStage:
 
     name = "dit"
 
-    def __init__(self, config, vae_params):
+    def __init__(self, config, vae_params, model=None):
+        """`model`: a `TextToVideoModel` with a system's own denoiser (default: the DiT's)."""
         self.config = config
-        self.model = TextToVideoModel(config)
+        self.model = TextToVideoModel(config) if model is None else model
         self.vae = VideoVAE(config.vae)
         self.vae_params = vae_params
         self.latent_shape = latent_shape(config)
@@ -85,11 +86,12 @@ class DiTStage:
         return self.model.init_params(rng, self.latent_shape)
 
     def training_source(self, source, directory, progress=True):
-        """With train_dit.cache_latents, the split's posterior moments encoded once (else `source`)."""
-        if not self.config.train_dit.get("cache_latents", False):
+        """With train_<stage>.cache_latents, the split's posterior moments encoded once (else `source`)."""
+        train_cfg = self.config[f"train_{self.name}"]
+        if not train_cfg.get("cache_latents", False):
             return source
         encode = jax.jit(lambda video_bthwc: vae_moments(self.vae, self.vae_params, video_bthwc, tiled=False))
-        moments = encode_source(source, encode, batch_size=self.config.train_dit.batch_size,
+        moments = encode_source(source, encode, batch_size=train_cfg.batch_size,
                                 directory=directory, progress=progress)
         return CachedLatentSource(source, moments)
 
@@ -98,22 +100,27 @@ class DiTStage:
         key = "latent_moments" if "latent_moments" in batch else "video"
         return {key: np.asarray(batch[key], np.float32), "ids": ids, "mask": mask}
 
-    def loss_fn(self, params, batch, rng):
-        encode_rng, rng = jax.random.split(rng)
+    def batch_latents(self, batch, rng):
+        """A posterior sample of the batch's latents: from cached moments, or the frozen VAE."""
         if "latent_moments" in batch:
             moments_b2thwc = batch["latent_moments"]
-            latents = latents_from_moments(self.vae, moments_b2thwc[:, 0], moments_b2thwc[:, 1], rng=encode_rng)
-        else:
-            latents = jax.lax.stop_gradient(
-                vae_encode(self.vae, self.vae_params, batch["video"], rng=encode_rng, tiled=False))
-        return self.latent_loss(params, latents, batch["ids"], batch["mask"], rng)
+            return latents_from_moments(self.vae, moments_b2thwc[:, 0], moments_b2thwc[:, 1], rng=rng)
+        return jax.lax.stop_gradient(vae_encode(self.vae, self.vae_params, batch["video"], rng=rng, tiled=False))
+
+    def loss_fn(self, params, batch, rng):
+        encode_rng, rng = jax.random.split(rng)
+        return self.latent_loss(params, self.batch_latents(batch, encode_rng), batch["ids"], batch["mask"], rng)
+
+    def encode_captions(self, params, ids_bl, mask_bl, rng):
+        """(embeddings_bld, mask_bl) after caption dropout, which swaps in the empty caption."""
+        ids_bl, mask_bl = drop_captions(rng, self.config.text.caption_dropout, ids_bl, self.null_ids_l,
+                                        mask_bl, self.null_mask_l)
+        return self.model.encode_text(params, ids_bl, mask_bl), mask_bl
 
     def latent_loss(self, params, latents_bthwc, ids_bl, mask_bl, rng):
-        """Denoising loss on given latents; caption dropout swaps in the empty caption."""
+        """Denoising loss on given latents, with caption dropout."""
         dropout_rng, diffusion_rng = jax.random.split(rng)
-        ids_bl, mask_bl = drop_captions(dropout_rng, self.config.text.caption_dropout, ids_bl, self.null_ids_l,
-                                        mask_bl, self.null_mask_l)
-        cond = (self.model.encode_text(params, ids_bl, mask_bl), mask_bl)
+        cond = self.encode_captions(params, ids_bl, mask_bl, dropout_rng)
         loss, _ = diffusion_loss(
             lambda x_t, t_b: self.model.denoise(params, x_t, t_b, cond), self.model.schedule, latents_bthwc,
             diffusion_rng, prediction_type=self.config.diffusion.prediction_type,

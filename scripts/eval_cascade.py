@@ -1,0 +1,60 @@
+"""Each stage of a trained LaVie cascade against the ground truth of its own job, with baselines.
+
+  python scripts/eval_cascade.py --config configs/lavie_digits.py --checkpoint runs/lavie_digits --num 64
+
+Interpolation: the test clips' keyframes (every frame_rate-th frame of the clip rendered at the higher
+frame rate) are encoded, interpolated and decoded; PSNR on the frames between keyframes against the
+rendered ones, next to repeating the last keyframe and blending the two around each frame. The prompt
+accuracy of the base model and of the whole cascade comes from scripts/eval.py
+(--config.eval.stage=base for the base model alone).
+"""
+
+import json
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from t2v_jax import cli
+from t2v_jax.config import validate
+from t2v_jax.eval.cascade import interpolation_psnr
+from t2v_jax.models.video_vae import VideoVAE, vae_encode
+from t2v_jax.pipelines.load import load_pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A --workdir of scripts/train.py.")
+_NUM = flags.DEFINE_integer("num", 64, "Test clips.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the test clips and of sampling.")
+_OUT = flags.DEFINE_string("out", None, "Also write the scores to this JSON file.")
+flags.mark_flags_as_required(["config", "checkpoint"])
+
+
+def main(argv):
+    del argv
+    config = validate(_CONFIG.value)
+    if "interpolation" not in config:
+        raise ValueError("the config has no interpolation stage to evaluate (config.interpolation)")
+    pipeline = load_pipeline(config, _CHECKPOINT.value)
+    vae = VideoVAE(config.vae)
+    encode = jax.jit(lambda video_bthwc: vae_encode(vae, pipeline.vae_params, video_bthwc, tiled=False))
+
+    def interpolate(keyframes_nkhwc, captions):
+        latents = encode(keyframes_nkhwc.astype(np.float32) / 127.5 - 1.0)
+        return pipeline.decode(pipeline.interpolate(captions, latents, seed=_SEED.value))
+
+    scores = {"interpolation": interpolation_psnr(interpolate, config.data, config.interpolation.frame_rate, _NUM.value,
+                                                  seed=_SEED.value)}
+    s = scores["interpolation"]
+    print(f"interpolation x{config.interpolation.frame_rate}, PSNR of the frames between keyframes "
+          f"({s['num_videos']} test clips): model {s['model']:.2f} dB | repeat {s['repeat']:.2f} dB | "
+          f"blend {s['blend']:.2f} dB | model on the keyframes {s['model_keyframes']:.2f} dB")
+    print(json.dumps(scores))
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(scores, f, indent=2)
+
+
+if __name__ == "__main__":
+    cli.run(main)

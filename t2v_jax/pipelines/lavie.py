@@ -1,0 +1,92 @@
+"""LaVie's cascade as one pipeline: the base model's latents -> x`rate` temporal interpolation -> decode.
+
+Every stage runs as its own compiled phase with its own text encoder, sampler and guidance (from
+`config.sampling` and `config.interpolation.sampling`); each sampling loop is one `lax.scan`. The
+interpolation model reads the base model's latents directly (both work in the same VAE's latent space),
+so no decode and re-encode sits between them.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2v_jax.diffusion.samplers import sample, spacing_options
+from t2v_jax.io.video import to_uint8
+from t2v_jax.models.text_to_video import latent_shape
+from t2v_jax.models.video_vae import vae_decode
+from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
+
+
+class LaVieCascadePipeline(TextToVideoPipeline):
+    """`generate(prompts)` -> uint8 (N, (frames - 1) * rate + 1, H, W, 3); `interpolate` alone for given
+    keyframe latents. `keyframe_condition(keyframes_bkhwc)` repeats keyframe latents to the output frames
+    (`systems.lavie.interpolation_condition`)."""
+
+    def __init__(self, config, *, tokenizer, base_params, interpolation_params, vae_params, base_model,
+                 interpolation_model, keyframe_condition):
+        super().__init__(config, tokenizer=tokenizer, text_encoder_params=base_params["text_encoder"],
+                         dit_params=base_params["dit"], vae_params=vae_params, model=base_model)
+        self.interpolation_model = interpolation_model
+        self.interpolation_params = interpolation_params
+        self.keyframe_condition = keyframe_condition
+        frames, height, width, channels = latent_shape(config)
+        self.output_latent_shape = (config.interpolation.num_frames, height, width, channels)
+
+    def program(self, phase: str, method=None, num_steps=None):
+        if phase == "encode_interpolation":
+            return lambda params, ids, mask: self.interpolation_model.encode_text({"text_encoder": params}, ids, mask)
+        if phase == "interpolate":
+            return functools.partial(self._interpolate_latents, method=method, num_steps=num_steps)
+        return super().program(phase, method=method, num_steps=num_steps)
+
+    def _interpolate_latents(self, params, cond, uncond, noise, rng, guidance_scale, eta, *, method, num_steps):
+        """The interpolation sampler; cond and uncond carry the repeated keyframe latents as a third part,
+        so classifier-free guidance drops the caption only."""
+        unet = self.interpolation_model.dit
+
+        def denoise(x_bthwc, t_b, c):
+            context_bld, mask_bl, condition_bthwc = c
+            return unet.apply(params, jnp.concatenate([x_bthwc, condition_bthwc], -1), t_b, context_bld, mask_bl)
+
+        return sample(denoise, self.interpolation_model.schedule, noise, rng, method=method, num_steps=num_steps,
+                      prediction_type=self.config.diffusion.prediction_type, cond=cond, uncond=uncond,
+                      guidance_scale=guidance_scale, eta=eta, **spacing_options(self.config.interpolation.sampling))
+
+    def interpolate(self, prompts, keyframes_bkhwc, *, seed: int = 0):
+        """Latents (N, output frames, h, w, c) from keyframe latents (N, K, h, w, c) and their prompts."""
+        sampling = self.config.interpolation.sampling
+        prompts = list(prompts)
+        ids_bl, mask_bl = self.tokenize(prompts + [sampling.negative_prompt] * len(prompts))
+        embeddings_bld = self.run("encode_interpolation", self.interpolation_params["text_encoder"], (ids_bl, mask_bl),
+                                  count=len(ids_bl))
+        n = len(prompts)
+        condition = self.keyframe_condition(jnp.asarray(keyframes_bkhwc))
+        mask_bl = jnp.asarray(mask_bl)
+        cond = (embeddings_bld[:n], mask_bl[:n], condition)
+        uncond = (embeddings_bld[n:], mask_bl[n:], condition)
+        noise_rng, sample_rng = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+        noise = jax.random.normal(noise_rng, (n, *self.output_latent_shape))
+        return self.run("interpolate", self.interpolation_params["dit"], (cond, uncond, noise),
+                        (sample_rng, jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)),
+                        count=n, method=sampling.method, num_steps=sampling.num_steps)
+
+    def decode(self, latents_bthwc) -> np.ndarray:
+        return to_uint8(jax.device_get(self.run("decode", self.vae_params, (latents_bthwc,),
+                                                count=latents_bthwc.shape[0])))
+
+    def base_latents(self, prompts, *, seed: int = 0):
+        """The base model's keyframe latents (N, frames, h, w, c)."""
+        sampling = self.config.sampling
+        prompts = list(prompts)
+        cond, uncond = self._conditions(prompts, [sampling.negative_prompt] * len(prompts))
+        noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
+        noise = jax.random.normal(noise_rng, (len(prompts), *self.latent_shape))
+        return self.run("sample", self.dit_params, (cond, uncond, noise),
+                        (sample_rng, jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)),
+                        count=len(prompts), method=sampling.method, num_steps=sampling.num_steps)
+
+    def generate(self, prompts, *, seed: int = 0) -> np.ndarray:
+        prompts = list(prompts)
+        return self.decode(self.interpolate(prompts, self.base_latents(prompts, seed=seed), seed=seed))

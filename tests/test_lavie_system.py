@@ -1,0 +1,63 @@
+"""LaVie's system: the cascade trains end to end on a tiny config, keyframes map as LaVie maps them, the
+baselines are right, and cascade configs whose stages disagree fail naming both fields."""
+
+import numpy as np
+import pytest
+
+from t2v_jax.checks import ConfigError
+from t2v_jax.config import validate
+from t2v_jax.eval.cascade import keyframe_baselines
+from t2v_jax.eval.evaluate import generate_and_judge
+from t2v_jax.pipelines.load import load_pipeline
+from t2v_jax.systems.lavie import interpolation_condition, keyframe_index
+from t2v_jax.train.run import train
+from tiny import load_config, tiny_lavie_config
+
+
+def test_keyframe_index_is_lavies_16_to_61_mapping():
+    index = keyframe_index(16, 4)
+    assert len(index) == 61
+    # LaVie: output frame i shows input frame (i + 1) // 4.
+    assert index[:9].tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2] and index[-1] == 15
+    keyframes = np.arange(3)[None, :, None, None, None] * np.ones((2, 3, 1, 1, 2))
+    repeated = np.asarray(interpolation_condition(keyframes, 2))
+    assert repeated.shape == (2, 5, 1, 1, 2) and repeated[0, :, 0, 0, 0].tolist() == [0, 1, 1, 2, 2]
+
+
+def test_keyframe_baselines_repeat_and_blend():
+    keyframes = np.array([0, 100, 200], np.uint8)[None, :, None, None, None] * np.ones((1, 3, 1, 1, 1), np.uint8)
+    baselines = keyframe_baselines(keyframes, 4)
+    assert baselines["repeat"][0, :, 0, 0, 0].tolist() == [0, 0, 0, 0, 100, 100, 100, 100, 200]
+    assert baselines["blend"][0, :, 0, 0, 0].tolist() == [0, 25, 50, 75, 100, 125, 150, 175, 200]
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("interpolation.num_frames", 30, "data.num_frames=8"),
+    ("interpolation.unet.in_channels", 8, "vae.latent_channels=8"),
+    ("interpolation.unet.cross_attention_dim", 32, "text.encoder.width=128"),
+    ("unet.in_channels", 4, "vae.latent_channels=8"),
+])
+def test_disagreeing_stages_fail_naming_both_fields(field, value, named):
+    config = load_config("lavie_digits")
+    section, _, key = field.rpartition(".")
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    with pytest.raises(ConfigError) as error:
+        validate(config, num_devices=1)
+    assert field in str(error.value) and named in str(error.value)
+
+
+def test_cascade_trains_and_generates_at_four_times_the_frames(tmp_path):
+    config = tiny_lavie_config(str(tmp_path / "data"))
+    summary = train(config, str(tmp_path / "run"), progress=False)
+    assert set(summary) == {"vae", "base", "interpolation"}
+    assert all(np.isfinite(metrics["loss"]) for metrics in summary.values())
+    cascade = load_pipeline(config, str(tmp_path / "run"))
+    videos = cascade.generate(["a red 3 moving left", "a blue 7 moving up"], seed=0)
+    assert videos.dtype == np.uint8 and videos.shape == (2, 29, 16, 16, 3)
+    config.eval.stage = "base"
+    scores, base_videos = generate_and_judge(load_pipeline(config, str(tmp_path / "run")), ["a red 3 moving left"] * 2,
+                                             batch_size=2, progress=False)
+    assert base_videos.shape == (2, 8, 16, 16, 3) and 0 <= scores["all"] <= 1
