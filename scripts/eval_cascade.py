@@ -4,7 +4,9 @@
 
 Interpolation: the test clips' keyframes (every frame_rate-th frame of the clip rendered at the higher
 frame rate) are encoded, interpolated and decoded; PSNR on the frames between keyframes against the
-rendered ones, next to repeating the last keyframe and blending the two around each frame. The prompt
+rendered ones, next to repeating the last keyframe and blending the two around each frame.
+Super-resolution (when the config has it): the test clips at the interpolated frame rate, box-downsampled,
+are upscaled; PSNR and SSIM against the clips rendered at the larger size, next to bicubic. The prompt
 accuracy of the base model and of the whole cascade comes from scripts/eval.py
 (--config.eval.stage=base for the base model alone).
 """
@@ -18,7 +20,7 @@ from ml_collections import config_flags
 
 from t2v_jax import cli
 from t2v_jax.config import validate
-from t2v_jax.eval.cascade import interpolation_psnr
+from t2v_jax.eval.cascade import interpolation_psnr, super_resolution_scores
 from t2v_jax.models.video_vae import VideoVAE, vae_encode
 from t2v_jax.pipelines.load import load_pipeline
 
@@ -40,16 +42,29 @@ def main(argv):
     vae = VideoVAE(config.vae)
     encode = jax.jit(lambda video_bthwc: vae_encode(vae, pipeline.vae_params, video_bthwc, tiled=False))
 
+    def round_trip(videos_nthwc):
+        return pipeline.decode(encode(videos_nthwc.astype(np.float32) / 127.5 - 1.0))
+
     def interpolate(keyframes_nkhwc, captions):
         latents = encode(keyframes_nkhwc.astype(np.float32) / 127.5 - 1.0)
         return pipeline.decode(pipeline.interpolate(captions, latents, seed=_SEED.value))
 
     scores = {"interpolation": interpolation_psnr(interpolate, config.data, config.interpolation.frame_rate, _NUM.value,
-                                                  seed=_SEED.value)}
+                                                  round_trip=round_trip, seed=_SEED.value)}
     s = scores["interpolation"]
     print(f"interpolation x{config.interpolation.frame_rate}, PSNR of the frames between keyframes "
           f"({s['num_videos']} test clips): model {s['model']:.2f} dB | repeat {s['repeat']:.2f} dB | "
-          f"blend {s['blend']:.2f} dB | model on the keyframes {s['model_keyframes']:.2f} dB")
+          f"blend {s['blend']:.2f} dB | the VAE's round trip of those frames (ceiling) {s['vae_ceiling']:.2f} dB | "
+          f"model on the keyframes {s['model_keyframes']:.2f} dB")
+    if "vsr" in config:
+        def upscale(low_res_nthwc, captions):
+            return pipeline.upscale(captions, low_res_nthwc.astype(np.float32) / 127.5 - 1.0, seed=_SEED.value)
+
+        scores["vsr"] = super_resolution_scores(upscale, config.data, config.interpolation.frame_rate,
+                                                config.vsr.scale, _NUM.value, seed=_SEED.value)
+        v = scores["vsr"]
+        print(f"super-resolution x{config.vsr.scale} ({v['num_videos']} test clips): model PSNR {v['model_psnr']:.2f} dB, "
+              f"SSIM {v['model_ssim']:.3f} | bicubic PSNR {v['bicubic_psnr']:.2f} dB, SSIM {v['bicubic_ssim']:.3f}")
     print(json.dumps(scores))
     if _OUT.value:
         with open(_OUT.value, "w") as f:

@@ -49,14 +49,25 @@ def test_disagreeing_stages_fail_naming_both_fields(field, value, named):
     assert field in str(error.value) and named in str(error.value)
 
 
-def test_cascade_trains_and_generates_at_four_times_the_frames(tmp_path):
+@pytest.mark.slow
+def test_cascade_trains_and_generates_at_four_times_the_frames_and_twice_the_size(tmp_path):
+    """All five stages for three steps each, then the whole cascade (about 2 minutes of compiling)."""
     config = tiny_lavie_config(str(tmp_path / "data"))
     summary = train(config, str(tmp_path / "run"), progress=False)
-    assert set(summary) == {"vae", "base", "interpolation"}
+    assert set(summary) == {"vae", "base", "interpolation", "vsr_vae", "vsr"}
     assert all(np.isfinite(metrics["loss"]) for metrics in summary.values())
     cascade = load_pipeline(config, str(tmp_path / "run"))
-    videos = cascade.generate(["a red 3 moving left", "a blue 7 moving up"], seed=0)
-    assert videos.dtype == np.uint8 and videos.shape == (2, 29, 16, 16, 3)
+    prompts = ["a red 3 moving left", "a blue 7 moving up"]
+    videos = cascade.generate(prompts, seed=0)
+    assert videos.dtype == np.uint8 and videos.shape == (2, 29, 32, 32, 3)
+    # Super-resolution runs on independent 8-frame chunks: changing the low-resolution frames of the last
+    # chunks leaves the first chunk's output as it was, and changes theirs.
+    low_res = np.random.default_rng(0).uniform(-1, 1, (2, 29, 16, 16, 3)).astype(np.float32)
+    changed = low_res.copy()
+    changed[:, 8:] = -low_res[:, 8:]
+    first, second = cascade.upscale(prompts, low_res), cascade.upscale(prompts, changed)
+    np.testing.assert_array_equal(first[:, :8], second[:, :8])
+    assert np.abs(first[:, 8:].astype(int) - second[:, 8:]).max() > 0
     config.eval.stage = "base"
     scores, base_videos = generate_and_judge(load_pipeline(config, str(tmp_path / "run")), ["a red 3 moving left"] * 2,
                                              batch_size=2, progress=False)

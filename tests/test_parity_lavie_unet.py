@@ -61,8 +61,8 @@ def test_unet_with_zero_temporal_layers_is_diffusers_per_frame(frames):
 
 def test_config_from_diffusers_rejects_sd2_layouts():
     unet = _perturbed_unet()
-    with pytest.raises(ValueError, match="use_linear_projection"):
-        unet_config_from_diffusers({**dict(unet.config), "use_linear_projection": True})
+    with pytest.raises(ValueError, match="attention_head_dim"):
+        unet_config_from_diffusers({**dict(unet.config), "use_linear_projection": True, "attention_head_dim": [2, 4]})
 
 
 def test_converter_names_missing_unused_and_mis_shaped_tensors():

@@ -106,3 +106,23 @@ def test_steps_match_diffusers(method, prediction_type, num_steps, eta, spacing)
         np.testing.assert_allclose(np.asarray(got) * scale, expected.numpy() * scale, atol=1e-5, rtol=0,
                                    err_msg=f"step {i} (t={float(t)})")
         x_t = expected
+
+
+def test_low_res_noise_augmentation_matches_the_x4_upscale_pipeline():
+    """LaVie's VSR (Stable Diffusion's x4 upscaler) noises its low-resolution input with the pipeline's
+    `low_res_scheduler` (DDPM, scaled-linear betas 1e-4..0.02) at `noise_level` (LaVie: 50) before
+    concatenating it to the latents; `add_noise` on the same schedule gives the same numbers."""
+    from t2v_jax.diffusion.schedules import add_noise
+
+    low_res_scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                                beta_start=0.0001, beta_end=0.02)
+    schedule = make_schedule("scaled_linear", 1000, 0.0001, 0.02)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (3, 3, 8, 8)).astype(np.float32)
+    noise = rng.standard_normal(image.shape).astype(np.float32)
+    levels = np.array([50, 50, 350])
+    expected = low_res_scheduler.add_noise(torch.from_numpy(image), torch.from_numpy(noise),
+                                           torch.from_numpy(levels)).numpy()
+    got = np.asarray(add_noise(schedule, image, noise, jnp.asarray(levels)))
+    assert np.abs(got - image).max() > 0.1
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -46,7 +46,8 @@ def tiny_flashvideo_config(data_dir: str):
 
 
 def tiny_lavie_config(data_dir: str):
-    """configs/lavie_digits.py shrunk to seconds per stage: the VAE, base and x4 interpolation models."""
+    """configs/lavie_digits.py shrunk to seconds per stage: the VAE, base, x4 interpolation, the VSR VAE and
+    the x2 super-resolution models."""
     config = load_config("lavie_digits")
     config.data.dir = data_dir
     config.data.train_size = 32
@@ -54,11 +55,15 @@ def tiny_lavie_config(data_dir: str):
     config.vae.block_out_channels = (4, 8, 8)
     config.vae.norm_num_groups = 2
     config.text.encoder.update(width=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
-    for unet in (config.unet, config.interpolation.unet):
+    for unet in (config.unet, config.interpolation.unet, config.vsr.unet):
         unet.update(block_out_channels=(8, 8), norm_num_groups=4, num_heads=2, cross_attention_dim=16)
-    for train_cfg in (config.train_vae, config.train_base, config.train_interpolation):
+    config.vsr.unet.temporal_norm_num_groups = 4
+    config.vsr.train_size = 16
+    config.vsr.vae.update(block_out_channels=(4, 8), norm_num_groups=2)
+    for train_cfg in (config.train_vae, config.train_base, config.train_interpolation, config.train_vsr_vae,
+                      config.train_vsr):
         train_cfg.update(num_steps=3, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3)
-    config.sampling.num_steps = 2
-    config.interpolation.sampling.num_steps = 2
+    for sampling in (config.sampling, config.interpolation.sampling, config.vsr.sampling):
+        sampling.num_steps = 2
     config.eval.num_prompts = 4
     return config

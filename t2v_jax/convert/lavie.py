@@ -7,8 +7,13 @@ kernel` <- `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight` (
 renames are in `_RENAMES`.
 
 `from_image_model=True` reads Stable Diffusion's 2D `UNet2DConditionModel` instead, as LaVie's
-`from_pretrained_2d` does to start training: the temporal layers (`norm_temp`, `attn_temp`) are not in
-it and keep their initial values, whose zero output projection leaves the image model unchanged.
+`from_pretrained_2d` does to start training: the temporal layers (`norm_temp`, `attn_temp`; in the VSR model
+every tensor with "temporal" in its name, LaVie's own rule) are not in it and keep their initial values, whose
+zero output projections leave the image model unchanged.
+
+LaVie's super-resolution UNet is read the same way: its config (vsr/configs/unet_3d_config.json, or the x4
+upscaler's diffusers config.json with `base=lavie_unet.vsr_config()` for the temporal layout) through
+`unet_config_from_diffusers`, its tensors by the same renaming (`shift_conv`, a 1x1 conv there, is a Dense here).
 """
 
 import functools
@@ -34,17 +39,23 @@ from t2v_jax.models.lavie_unet import LaVieUNet, interpolation_config, spatial_c
 from t2v_jax.train.checkpoint import save_params
 
 _RENAMES = (
-    (r"/attn_temp/attention/", "/attn_temp/"),
+    (r"/(attn_temp|attn_temporal)/attention/", r"/\1/"),
     (r"/time_rel_pos_bias/embedding$", "/time_rel_pos_bias/relative_attention_bias/weight"),
+    (r"^/class_embedding/embedding$", "/class_embedding/weight"),
     (r"/query/", "/to_q/"), (r"/key/", "/to_k/"), (r"/value/", "/to_v/"), (r"/out/", "/to_out/0/"),
     (r"/ff/proj_in/", "/ff/net/0/proj/"), (r"/ff/proj_out/", "/ff/net/2/"),
     (r"(blocks|resnets|attentions|samplers)_(\d+)/", r"\1/\2/"),
     (r"/(kernel|scale)$", "/weight"),
 )
-_TEMPORAL = re.compile(r"/(norm_temp|attn_temp)/")
+# The layers an image model lacks: the base's temporal attention, and everything LaVie VSR names "temporal"
+# (attn_temporal, norm_temporal, resblock_temporal, {down,up}_temporal_blocks, mid_temporal_block).
+_TEMPORAL = re.compile(r"/(norm_temp|attn_temp)/|temporal")
 # Tensors a LaVie checkpoint holds that are computed here: RoPE's frequencies (a buffer of
-# rotary_embedding_torch), and the top-level relative position bias that LaVie's UNet builds but never uses.
-_COMPUTED = re.compile(r"(^|\.)rotary_emb\.freqs$|^time_rel_pos_bias\.")
+# rotary_embedding_torch; the VSR model also keeps its shared one at the top, `temporal_rotary_emb`), and the
+# top-level relative position bias that LaVie's base UNet builds but never uses.
+_COMPUTED = re.compile(r"(^|\.)(temporal_)?rotary_emb\.freqs$|^time_rel_pos_bias\.")
+# 1x1 convs held as Dense layers: (out, in, 1, 1) -> (in, out).
+_POINTWISE = re.compile(r"/shift_conv/kernel$")
 
 
 def checkpoint_name(path: str) -> str:
@@ -55,18 +66,30 @@ def checkpoint_name(path: str) -> str:
     return name[1:].replace("/", ".")
 
 
+def _pointwise_conv(weight_oi11):
+    """torch Conv2d 1x1 (out, in, 1, 1) -> Dense kernel (in, out)."""
+    return weight_oi11[:, :, 0, 0].T
+
+
 def _tensor(path: str, ndim: int) -> Tensor:
-    transform = {4: conv, 2: linear}.get(ndim) if path.endswith("kernel") else None
+    if _POINTWISE.search("/" + path):
+        return Tensor(checkpoint_name(path), _pointwise_conv)
+    transform = {5: conv, 4: conv, 2: linear}.get(ndim) if path.endswith("kernel") else None
     return Tensor(checkpoint_name(path), transform) if transform else Tensor(checkpoint_name(path))
+
+
+def _init_inputs(cfg, frames: int = 2) -> tuple:
+    """The smallest inputs LaVieUNet(cfg).init takes (positional, keyword)."""
+    size = spatial_compression(cfg)
+    kwargs = {"class_labels_b": jnp.zeros((1,), jnp.int32)} if cfg.get("num_class_embeds", 0) else {}
+    return (jnp.zeros((1, frames, size, size, cfg.in_channels)), jnp.zeros((1,)),
+            jnp.zeros((1, 1, cfg.cross_attention_dim)), jnp.ones((1, 1), bool)), kwargs
 
 
 def unet_param_shapes(cfg, frames: int = 2) -> dict:
     """{param path: ShapeDtypeStruct} of LaVieUNet(cfg), traced on a smallest input (no memory used)."""
-    size = spatial_compression(cfg)
-    variables = jax.eval_shape(
-        LaVieUNet(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, frames, size, size, cfg.in_channels),
-                                                                     jnp.float32),
-        jnp.zeros((1,)), jax.ShapeDtypeStruct((1, 1, cfg.cross_attention_dim), jnp.float32), jnp.ones((1, 1), bool))
+    args, kwargs = _init_inputs(cfg, frames)
+    variables = jax.eval_shape(lambda rng: LaVieUNet(cfg).init(rng, *args, **kwargs), jax.random.key(0))
     return flatten_tree(nn.unbox(variables)["params"])
 
 
@@ -87,18 +110,49 @@ def convert_unet(checkpoint, cfg, *, from_image_model: bool = False, init_rng=No
     converted = flatten_tree(convert(checkpoint, mapping, {path: shapes[path] for path in mapping}, dtype=dtype,
                                      ignore_unused=lambda name: bool(_COMPUTED.search(name)), progress=progress))
     if from_image_model:
-        size = spatial_compression(cfg)
-        init = nn.unbox(LaVieUNet(cfg).init(
-            jax.random.key(0) if init_rng is None else init_rng, jnp.zeros((1, 2, size, size, cfg.in_channels)),
-            jnp.zeros((1,)), jnp.zeros((1, 1, cfg.cross_attention_dim)), jnp.ones((1, 1), bool)))["params"]
+        args, kwargs = _init_inputs(cfg)
+        init = nn.unbox(jax.jit(LaVieUNet(cfg).init)(jax.random.key(0) if init_rng is None else init_rng, *args,
+                                                     **kwargs))["params"]
         converted.update({path: np.asarray(value, dtype) for path, value in flatten_tree(init).items()
                           if path not in mapping})
     return unflatten_tree(converted)
 
 
+def _per_level(value, levels: int, field: str) -> tuple:
+    if isinstance(value, bool):
+        return (value,) * levels
+    if len(value) != levels:
+        raise ValueError(f"{field}: {len(value)} entries for {levels} levels")
+    return tuple(bool(entry) for entry in value)
+
+
+def _lavie_vsr_temporal_fields(config_json: dict, levels: int) -> dict:
+    """The temporal layout from LaVie VSR's `UNet3DVSRModel` config (its defaults where the file is silent)."""
+    module = config_json["temporal_module_config"]
+    if any(module.get("attention_block_types", ["", ""])):
+        raise ValueError(f"temporal_module_config.attention_block_types={module['attention_block_types']}: "
+                         "TemporalModule3D's temporal transformer is not supported (LaVie's VSR leaves it out)")
+    for field, default in (("video_condition", True), ("use_first_frame", False), ("use_relative_position", False)):
+        if config_json.get(field, default):
+            raise ValueError(f"{field}=True is not supported (LaVie's VSR config sets False)")
+    fields = {"down_temporal_idx": tuple(config_json.get("down_temporal_idx", (0, 1, 2))),
+              "mid_temporal": bool(config_json.get("mid_temporal", False)),
+              "up_temporal_idx": tuple(config_json.get("up_temporal_idx", (0, 1, 2)))}
+    for field in ("down_temporal_idx", "up_temporal_idx"):
+        if any(not 0 <= index < levels for index in fields[field]):
+            raise ValueError(f"{field} {list(fields[field])}: indices of the {levels} levels only")
+    return dict(fields, transformer_temporal_conv=True, temporal_attention_name="attn_temporal",
+                norm_over_frames=True)
+
+
 def unet_config_from_diffusers(config_json: dict, base=None):
-    """LaVieUNet config from a diffusers/LaVie UNet `config.json` (SD-1.x layout); ValueError naming what
-    it cannot run. `base` (default `lavie_unet.default_config()`) supplies the fields the file lacks."""
+    """LaVieUNet config from a diffusers/LaVie UNet `config.json`; ValueError naming what it cannot run.
+
+    Reads the SD-1.x layout, the x4 upscaler's additions (`use_linear_projection`, `only_cross_attention`,
+    `num_class_embeds`), and LaVie VSR's `UNet3DVSRModel` config with its temporal layout (`temporal_module_config`
+    and the `*_temporal*` fields). `base` (default `lavie_unet.default_config()`) supplies the fields the file
+    lacks: `base=lavie_unet.vsr_config()` with the upscaler's 2D config gives the VSR model of that image model.
+    """
     cfg = lavie_unet.default_config() if base is None else base.copy_and_resolve_references()
     down = [name.replace("3D", "2D") for name in config_json["down_block_types"]]
     for name in down:
@@ -113,17 +167,28 @@ def unet_config_from_diffusers(config_json: dict, base=None):
         heads = heads[0]
     if not isinstance(heads, int):
         raise ValueError(f"attention_head_dim {heads}: one head count for every level is supported")
-    for field, allowed in (("use_linear_projection", False), ("class_embed_type", None),
-                           ("num_class_embeds", None), ("resnet_time_scale_shift", "default"),
-                           ("center_input_sample", False), ("freq_shift", 0), ("flip_sin_to_cos", True)):
+    for field, allowed in (("class_embed_type", None), ("resnet_time_scale_shift", "default"),
+                           ("center_input_sample", False), ("freq_shift", 0), ("flip_sin_to_cos", True),
+                           ("num_attention_heads", None), ("transformer_layers_per_block", 1),
+                           ("mid_block_scale_factor", 1), ("dual_cross_attention", False),
+                           ("time_embedding_type", "positional"), ("addition_embed_type", None),
+                           ("encoder_hid_dim", None), ("class_embeddings_concat", False)):
         if config_json.get(field, allowed) != allowed:
-            raise ValueError(f"{field}={config_json[field]!r} is not supported (SD-1.x uses {allowed!r})")
+            raise ValueError(f"{field}={config_json[field]!r} is not supported (SD-1.x and the x4 upscaler use "
+                             f"{allowed!r})")
+    levels = len(down)
+    only_cross = _per_level(config_json.get("only_cross_attention", False), levels, "only_cross_attention")
     cfg.update(in_channels=config_json["in_channels"], out_channels=config_json["out_channels"],
                block_out_channels=tuple(config_json["block_out_channels"]),
                attention_levels=tuple(name.startswith("CrossAttn") for name in down),
                layers_per_block=config_json["layers_per_block"], num_heads=heads,
                cross_attention_dim=config_json["cross_attention_dim"],
-               norm_num_groups=config_json.get("norm_num_groups", 32), norm_eps=config_json.get("norm_eps", 1e-5))
+               norm_num_groups=config_json.get("norm_num_groups", 32), norm_eps=config_json.get("norm_eps", 1e-5),
+               use_linear_projection=bool(config_json.get("use_linear_projection", False)),
+               only_cross_attention=only_cross if any(only_cross) else (),
+               num_class_embeds=config_json.get("num_class_embeds") or 0)
+    if "temporal_module_config" in config_json:
+        cfg.update(**_lavie_vsr_temporal_fields(config_json, levels))
     return cfg
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from t2v_jax.diffusion.schedules import (
+    add_noise,
     alphas_cumprod_at,
     check_prediction_type,
     expand_like,
@@ -60,9 +61,9 @@ def diffusion_loss(denoise_fn, schedule, x0, rng, *, prediction_type="eps", min_
         t_b = jax.random.randint(t_key, (batch,), 0, n)
     x0 = x0.astype(jnp.float32)
     eps = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    x_t = add_noise(schedule, x0, eps, t_b, flow=flow)
     alpha_b, sigma_b = signal_noise(schedule, t_b, flow=flow)
     alpha, sigma = expand_like(alpha_b, x0), expand_like(sigma_b, x0)
-    x_t = alpha * x0 + sigma * eps
     target = _target(prediction_type, x0, eps, alpha, sigma)
     pred = denoise_fn(x_t, t_b).astype(jnp.float32)
     loss_b = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, x0.ndim)))

@@ -149,6 +149,15 @@ def signal_noise(schedule: Schedule, t, *, flow=False) -> tuple[jax.Array, jax.A
     return alpha, sigma * alpha
 
 
+def add_noise(schedule: Schedule, x0, noise, t, *, flow=False) -> jax.Array:
+    """x_t = alpha_t x0 + sigma_t noise for per-example times t (B,): the forward process, as diffusers'
+    `scheduler.add_noise`. Also how a cascade's super-resolution stage noise-augments its low-resolution
+    input at a fixed level (Stable Diffusion's x4 upscaler, LaVie's VSR)."""
+    alpha_b, sigma_b = signal_noise(schedule, t, flow=flow)
+    x0 = jnp.asarray(x0, jnp.float32)
+    return expand_like(alpha_b, x0) * x0 + expand_like(sigma_b, x0) * noise
+
+
 def expand_like(c, x) -> jax.Array:
     """Appends unit axes to a scalar or per-example coefficient so it broadcasts against x."""
     c = jnp.asarray(c)

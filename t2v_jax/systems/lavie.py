@@ -1,25 +1,32 @@
-"""LaVie (Wang et al. 2023): a cascade of latent UNets, base text-to-video first.
+"""LaVie (Wang et al. 2023): a cascade of latent UNets (`models/lavie_unet.py`), each trained with its own
+text encoder on frozen VAE latents.
 
-Stages so far: the per-frame VAE, then the base UNet (`models/lavie_unet.py`) and the text encoder
-trained together on its frozen latents, with LaVie's joint image-video training: each video of a batch
+Stages: the per-frame VAE; the base UNet, with LaVie's joint image-video training (each video of a batch
 brings `train_base.images_per_video` still frames of other videos, captioned `a {colour} {digit}` from
-their labels, that the UNet's spatial layers see and its temporal attention does not.
+their labels, that the UNet's spatial layers see and its temporal attention does not); when the config
+has `interpolation`, the x`frame_rate` interpolation UNet on the same VAE's latents of the clips rendered
+at that frame rate; when it has `vsr`, a second per-frame VAE for frames `vsr.scale` x larger and the
+super-resolution UNet on its latents. Every stage after the VAEs trains on the clips rendered for it
+(`stage.data_config`), so each has exact ground truth.
 
-Sampling is the shared scanned sampler through `TextToVideoPipeline`, with the UNet as the denoiser.
+Sampling: `pipelines/lavie.py` runs the stages in order; the base model alone is a `TextToVideoPipeline`
+with the UNet as the denoiser (`config.eval.stage = "base"`).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2v_jax.checks import check_batches, require
+from t2v_jax.checks import check_batches, require, video_size
 from t2v_jax.data.bouncing_digits import image_caption
 from t2v_jax.diffusion import samplers
 from t2v_jax.diffusion.losses import diffusion_loss
-from t2v_jax.models import lavie_unet
+from t2v_jax.diffusion.schedules import add_noise, make_schedule
+from t2v_jax.models import lavie_unet, video_vae
 from t2v_jax.models.lavie_unet import LaVieUNet
 from t2v_jax.models.text_encoder import ByteTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
+from t2v_jax.models.video_vae import VideoVAE, vae_encode
 from t2v_jax.parallel.mesh import mesh_sizes
 from t2v_jax.pipelines.lavie import LaVieCascadePipeline
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
@@ -130,6 +137,87 @@ class InterpolationStage(DiTStage):
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 
+def box_downsample(video_bthwc, factor: int):
+    """Mean over factor x factor pixel blocks: how Bouncing Digits' `scale` x rendering relates to the clip
+    at its own size (exactly at whole-pixel positions), so the low-resolution input of super-resolution."""
+    b, t, h, w, c = video_bthwc.shape
+    return video_bthwc.reshape(b, t, h // factor, factor, w // factor, factor, c).mean(axis=(3, 5))
+
+
+def vsr_model(config) -> TextToVideoModel:
+    """Its own text encoder and the super-resolution UNet (noisy latents + the noise-augmented low-res video
+    in; the noise level embedded as a class label)."""
+    return TextToVideoModel(config, denoiser=LaVieUNet(config.vsr.unet))
+
+
+def low_res_schedule(config):
+    """The schedule that noise-augments the low-resolution input (Stable Diffusion's x4 upscaler: DDPM,
+    scaled-linear betas 1e-4..0.02 over 1000 steps)."""
+    s = config.vsr.low_res_schedule
+    return make_schedule(s.schedule, s.num_train_steps, s.beta_start, s.beta_end)
+
+
+class VSRStage(DiTStage):
+    """Video super-resolution, LaVie's third stage: denoises the latents (of the VSR VAE) of a random
+    `vsr.chunk_frames`-frame window of the clip rendered at `vsr.scale` x the size, given the same window
+    box-downsampled back to the base size and noise-augmented at a random level below
+    `vsr.max_noise_level` (the level is the UNet's class label); sampling uses `vsr.noise_level`."""
+
+    name = "vsr"
+
+    def __init__(self, config, vae_params):
+        super().__init__(config, vae_params, vsr_model(config))
+        self.vae = VideoVAE(config.vsr.vae)
+        self.data_config = self.data_for(config)
+        self.low_res_schedule = low_res_schedule(config)
+
+    @staticmethod
+    def data_for(config):
+        """The clips at the interpolated frame rate and `vsr.scale` x the size; `vsr.train_size` of them."""
+        data = cascade_data(config, config.interpolation.frame_rate, config.vsr.scale)
+        data.train_size = config.vsr.train_size
+        return data
+
+    def init_params(self, rng):
+        text_rng, unet_rng = jax.random.split(rng)
+        vsr = self.config.vsr
+        height, width = (size * vsr.scale // video_vae.spatial_compression(vsr.vae) for size in video_size(self.config.data))
+        x = jnp.zeros((1, vsr.chunk_frames, height, width, vsr.vae.latent_channels + 3))
+        length = self.config.text.max_length
+        ids, mask = jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool)
+        text_params = self.model.text_encoder.init(text_rng, ids, mask)
+        context = jnp.zeros((1, length, self.config.text.encoder.width))
+        unet_params = self.model.dit.init(unet_rng, x, jnp.zeros((1,)), context, mask,
+                                          class_labels_b=jnp.zeros((1,), jnp.int32))
+        return {"text_encoder": text_params, "dit": unet_params}
+
+    def prepare_batch(self, batch):
+        ids, mask = self.model.tokenizer([str(c) for c in batch["caption"]])
+        return {"video": np.asarray(batch["video"], np.float32), "ids": ids, "mask": mask}
+
+    def loss_fn(self, params, batch, rng):
+        window_rng, encode_rng, level_rng, noise_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 6)
+        vsr = self.config.vsr
+        video_bthwc = batch["video"]
+        starts_b = jax.random.randint(window_rng, (video_bthwc.shape[0],), 0,
+                                      video_bthwc.shape[1] - vsr.chunk_frames + 1)
+        window_bthwc = jax.vmap(lambda v, s: jax.lax.dynamic_slice_in_dim(v, s, vsr.chunk_frames))(video_bthwc,
+                                                                                                   starts_b)
+        latents_bthwc = jax.lax.stop_gradient(vae_encode(self.vae, self.vae_params, window_bthwc, rng=encode_rng,
+                                                         tiled=False))
+        levels_b = jax.random.randint(level_rng, (window_bthwc.shape[0],), 0, vsr.max_noise_level)
+        low_res = box_downsample(window_bthwc, vsr.scale)
+        low_res = add_noise(self.low_res_schedule, low_res, jax.random.normal(noise_rng, low_res.shape), levels_b)
+        cond = self.encode_captions(params, batch["ids"], batch["mask"], dropout_rng)
+        unet = self.model.dit
+        loss, _ = diffusion_loss(
+            lambda x_t, t_b: unet.apply(params["dit"], jnp.concatenate([x_t, low_res], -1), t_b, *cond,
+                                        class_labels_b=levels_b),
+            self.model.schedule, latents_bthwc, diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
+            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+        return loss, {"latent_std": jnp.std(latents_bthwc)}
+
+
 def validate(config, num_devices: int) -> None:
     """The VAE, text encoder and UNet fields, how they fit the latents, sampling and the mesh."""
     latent_diffusion.validate_autoencoder_and_text(config)
@@ -158,6 +246,9 @@ def validate(config, num_devices: int) -> None:
     if "interpolation" in config:
         validate_interpolation(config)
         train_fields += ("train_interpolation",)
+    if "vsr" in config:
+        validate_vsr(config)
+        train_fields += ("train_vsr_vae", "train_vsr")
     check_batches(config, mesh_sizes(config.mesh, num_devices), train_fields)
 
 
@@ -187,6 +278,41 @@ def validate_interpolation(config) -> None:
             f"the {height}x{width} latent (data.canvas={config.data.canvas}) must divide by {factor}")
 
 
+def validate_vsr(config) -> None:
+    """The super-resolution stage against the interpolation stage it follows and its own VAE."""
+    vsr = config.vsr
+    require("interpolation" in config, "vsr", "super-resolution follows the interpolation stage: add config.interpolation")
+    lavie_unet.validate_config(vsr.unet, "vsr.unet")
+    video_vae.validate_config(vsr.vae)
+    samplers.validate_config(config, "vsr.sampling")
+    require(vsr.num_frames == config.interpolation.num_frames, "vsr.num_frames",
+            f"{vsr.num_frames} disagrees with interpolation.num_frames={config.interpolation.num_frames}: "
+            "super-resolution upscales the interpolated frames")
+    require(vsr.canvas == config.data.canvas * vsr.scale, "vsr.canvas",
+            f"{vsr.canvas} disagrees with data.canvas={config.data.canvas}: x{vsr.scale} (vsr.scale) gives "
+            f"{config.data.canvas * vsr.scale}")
+    require(video_vae.spatial_compression(vsr.vae) == vsr.scale, "vsr.vae.spatial_downsample",
+            f"a x{video_vae.spatial_compression(vsr.vae)} VAE disagrees with vsr.scale={vsr.scale}: the latents must "
+            "be the size of the low-resolution frames they are concatenated with")
+    latent = vsr.vae.latent_channels
+    require(vsr.unet.in_channels == latent + 3, "vsr.unet.in_channels",
+            f"{vsr.unet.in_channels} disagrees with vsr.vae.latent_channels={latent}: the model takes the noisy "
+            f"latent and the RGB low-resolution frames, {latent + 3} channels")
+    require(vsr.unet.out_channels == latent, "vsr.unet.out_channels",
+            f"{vsr.unet.out_channels} disagrees with vsr.vae.latent_channels={latent}")
+    require(vsr.unet.cross_attention_dim == config.text.encoder.width, "vsr.unet.cross_attention_dim",
+            f"{vsr.unet.cross_attention_dim} disagrees with text.encoder.width={config.text.encoder.width}")
+    require(0 <= vsr.noise_level < vsr.max_noise_level <= vsr.unet.num_class_embeds, "vsr.noise_level",
+            f"needs 0 <= vsr.noise_level ({vsr.noise_level}) < vsr.max_noise_level ({vsr.max_noise_level}) <= "
+            f"vsr.unet.num_class_embeds ({vsr.unet.num_class_embeds})")
+    require(0 < vsr.chunk_frames <= vsr.num_frames, "vsr.chunk_frames",
+            f"must be in [1, vsr.num_frames={vsr.num_frames}], got {vsr.chunk_frames}")
+    factor = lavie_unet.spatial_compression(vsr.unet)
+    latent_size = config.data.canvas
+    require(latent_size % factor == 0, "vsr.unet.block_out_channels",
+            f"the {latent_size}x{latent_size} latent must divide by {factor}")
+
+
 def stages(config) -> tuple[Stage, ...]:
     """The VAE, the base model, and the interpolation model when the config has one."""
     graph = (Stage("vae", lambda config, consumed: VAEStage(config)),
@@ -194,19 +320,28 @@ def stages(config) -> tuple[Stage, ...]:
     if "interpolation" in config:
         graph += (Stage("interpolation", lambda config, consumed: InterpolationStage(config, consumed["vae"]),
                         consumes=("vae",)),)
+    if "vsr" in config:
+        graph += (Stage("vsr_vae", lambda config, consumed: VAEStage(
+                      config, name="vsr_vae", vae_cfg=config.vsr.vae, data_config=VSRStage.data_for(config))),
+                  Stage("vsr", lambda config, consumed: VSRStage(config, consumed["vsr_vae"]), consumes=("vsr_vae",)))
     return graph
 
 
 def load_pipeline(config, checkpoint: str, *, use_ema: bool = True):
-    """From a `scripts/train.py` workdir: the cascade (base -> interpolation) when the config has an
-    interpolation stage and `config.eval.stage` is not "base", else the base model's pipeline."""
+    """From a `scripts/train.py` workdir: the cascade (base -> interpolation [-> super-resolution]) when the
+    config has those stages and `config.eval.stage` is not "base", else the base model's pipeline."""
     if "interpolation" in config and config.get("eval", {}).get("stage", "cascade") != "base":
-        params = restore_stages(config, stages(config), checkpoint, ["base", "interpolation"], use_ema=use_ema)
+        names = ["base", "interpolation"] + (["vsr"] if "vsr" in config else [])
+        params = restore_stages(config, stages(config), checkpoint, names, use_ema=use_ema)
+        vsr = None
+        if "vsr" in config:
+            vsr = dict(params=params["vsr"], model=vsr_model(config), vae_params=params["vsr_vae"],
+                       low_res_schedule=low_res_schedule(config))
         return LaVieCascadePipeline(config, tokenizer=ByteTokenizer(config.text.max_length), base_params=params["base"],
                                     interpolation_params=params["interpolation"], vae_params=params["vae"],
                                     base_model=base_model(config), interpolation_model=interpolation_model(config),
                                     keyframe_condition=lambda keyframes: interpolation_condition(
-                                        keyframes, config.interpolation.frame_rate))
+                                        keyframes, config.interpolation.frame_rate), vsr=vsr)
     params = restore_stages(config, stages(config), checkpoint, ["base"], use_ema=use_ema)
     return TextToVideoPipeline(config, tokenizer=ByteTokenizer(config.text.max_length),
                                text_encoder_params=params["base"]["text_encoder"], dit_params=params["base"]["dit"],

@@ -34,14 +34,25 @@ def drop_captions(rng, rate: float, ids_bl, null_ids_l, mask_bl=None, null_mask_
 
 
 class VAEStage:
-    """Reconstruction + KL; no perceptual or adversarial terms, so it trains on a CPU."""
+    """Reconstruction + KL; no perceptual or adversarial terms, so it trains on a CPU.
+
+    A cascade's second VAE (LaVie's super-resolution stage codes larger frames) is this stage under
+    another `name` (trained with config.train_<name>), with its own `vae_cfg` and `data_config`."""
 
     name = "vae"
 
-    def __init__(self, config):
+    def __init__(self, config, *, name: str = "vae", vae_cfg=None, data_config=None):
         self.config = config
-        self.vae = VideoVAE(config.vae)
-        self.video_shape = (1, config.data.num_frames, *video_size(config.data), 3)
+        self.name = name
+        self.train_cfg = config[f"train_{name}"]
+        self.vae = VideoVAE(config.vae if vae_cfg is None else vae_cfg)
+        if data_config is not None:
+            self.data_config = data_config
+        data = config.data if data_config is None else data_config
+        frames = (data.num_frames - 1) * data.get("frame_rate", 1) + 1
+        size = video_size(data)
+        scale = data.get("scale", 1)
+        self.video_shape = (1, frames, size[0] * scale, size[1] * scale, 3)
 
     def init_params(self, rng):
         sample_rng, param_rng = jax.random.split(rng)
@@ -52,7 +63,7 @@ class VAEStage:
 
     def loss_fn(self, params, batch, rng):
         video_bthwc = batch["video"]
-        clip_frames = self.config.train_vae.get("frames_per_video", 0)
+        clip_frames = self.train_cfg.get("frames_per_video", 0)
         if clip_frames and clip_frames < video_bthwc.shape[1]:
             # Every layer is convolutional in time, so a short clip of consecutive frames at a random
             # offset trains the same weights; more videos per step beat more frames of each (their
@@ -63,7 +74,7 @@ class VAEStage:
         recon, mean, logvar = self.vae.apply(params, video_bthwc, rngs={"sample": rng})
         reconstruction = jnp.mean(jnp.square(recon - video_bthwc))
         kl = jnp.mean(kl_divergence(mean, logvar)) / math.prod(mean.shape[1:])  # per latent element
-        loss = reconstruction + self.config.train_vae.kl_weight * kl
+        loss = reconstruction + self.train_cfg.kl_weight * kl
         return loss, {"reconstruction": reconstruction, "kl": kl}
 
 
