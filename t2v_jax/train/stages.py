@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2v_jax.checks import video_size
+from t2v_jax.data.bouncing_digits import rendered_geometry
 from t2v_jax.diffusion.losses import diffusion_loss
 from t2v_jax.models import fsq_tokenizer, retnet_video
 from t2v_jax.models.text_encoder import ByteTokenizer
@@ -49,10 +50,9 @@ class VAEStage:
         if data_config is not None:
             self.data_config = data_config
         data = config.data if data_config is None else data_config
-        frames = (data.num_frames - 1) * data.get("frame_rate", 1) + 1
-        size = video_size(data)
+        frames, _ = rendered_geometry(data.num_frames, data.canvas, data.get("frame_rate", 1))
         scale = data.get("scale", 1)
-        self.video_shape = (1, frames, size[0] * scale, size[1] * scale, 3)
+        self.video_shape = (1, frames, *(size * scale for size in video_size(data)), 3)
 
     def init_params(self, rng):
         sample_rng, param_rng = jax.random.split(rng)
