@@ -16,21 +16,15 @@ import json
 import os
 import shutil
 
-import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
 from t2v_jax.convert import allegro_transformer, allegro_vae, t5
+from t2v_jax.convert.safetensors_io import read_config_json, storage_dtype
 from t2v_jax.train.checkpoint import save_params
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
 MANIFEST = "t2v_jax.json"
-
-
-def _np_dtype(name: str):
-    if name not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype {name!r} is not supported; choose float32 or bfloat16")
-    return np.float32 if name == "float32" else ml_dtypes.bfloat16
 
 
 def read_component_configs(diffusers_dir: str, *, dtype: str = "bfloat16") -> dict:
@@ -42,11 +36,7 @@ def read_component_configs(diffusers_dir: str, *, dtype: str = "bfloat16") -> di
                                 f"{missing} (expected transformer/, vae/, text_encoder/, tokenizer/)")
 
     def load(component):
-        path = os.path.join(diffusers_dir, component, "config.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing; the converter reads each model's config from it")
-        with open(path) as f:
-            return json.load(f)
+        return read_config_json(os.path.join(diffusers_dir, component))
 
     return {
         "transformer": allegro_transformer.dit_config_from_diffusers(load("transformer"), dtype=dtype),
@@ -61,7 +51,7 @@ def convert_allegro(diffusers_dir: str, out_dir: str, *, dtype: str = "bfloat16"
     unknown = sorted(set(components) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
-    np_dtype = _np_dtype(dtype)
+    np_dtype = storage_dtype(dtype)
     configs = read_component_configs(diffusers_dir, dtype=dtype)
     converters = {
         "transformer": lambda cfg, progress: allegro_transformer.convert_dit(

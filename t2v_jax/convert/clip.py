@@ -12,7 +12,6 @@ prefix. The converter uses whichever the source holds. `embeddings.position_ids`
 a weight (older transformers saved it; the model computes positions itself), so it is ignored by name.
 """
 
-import json
 import os
 from typing import Mapping
 
@@ -23,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from t2v_jax.convert.safetensors_io import (SafetensorsCheckpoint, StateDictCheckpoint, Tensor, convert, flatten_tree,
-                                           linear)
+                                           linear, read_config_json)
 from t2v_jax.models import clip_text
 
 HUB_PREFIX = "text_model."
@@ -54,8 +53,7 @@ def clip_text_config_from_hf(config_json: dict, *, dtype: str = "float32") -> ml
 
 def read_clip_text_config(checkpoint_dir: str, *, dtype: str = "float32") -> ml_collections.ConfigDict:
     """`clip_text_config_from_hf` of `checkpoint_dir/config.json`."""
-    with open(os.path.join(checkpoint_dir, "config.json")) as f:
-        return clip_text_config_from_hf(json.load(f), dtype=dtype)
+    return clip_text_config_from_hf(read_config_json(checkpoint_dir), dtype=dtype)
 
 
 def _dense(source: str, target: str) -> dict:

@@ -13,7 +13,7 @@ zero output projections leave the image model unchanged.
 
 LaVie's super-resolution UNet is read the same way: its config (vsr/configs/unet_3d_config.json, or the x4
 upscaler's diffusers config.json with `base=lavie_unet.vsr_config()` for the temporal layout) through
-`unet_config_from_diffusers`, its tensors by the same renaming (`shift_conv`, a 1x1 conv there, is a Dense here).
+`unet_config_from_diffusers`, its tensors by the same renaming.
 """
 
 import functools
@@ -24,7 +24,6 @@ import shutil
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import linen as nn
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.convert.clip import convert_clip_text, read_clip_text_config
 from t2v_jax.convert.safetensors_io import (StateDictCheckpoint, Tensor, conv, convert, flatten_tree, linear,
-                                           unflatten_tree)
+                                           read_config_json, storage_dtype, unflatten_tree)
 from t2v_jax.convert.sd_vae import convert_sd_vae, vae_config_from_diffusers_kl
 from t2v_jax.models import lavie_unet
 from t2v_jax.models.lavie_unet import LaVieUNet, interpolation_config, spatial_compression
@@ -54,8 +53,6 @@ _TEMPORAL = re.compile(r"/(norm_temp|attn_temp)/|temporal")
 # rotary_embedding_torch; the VSR model also keeps its shared one at the top, `temporal_rotary_emb`), and the
 # top-level relative position bias that LaVie's base UNet builds but never uses.
 _COMPUTED = re.compile(r"(^|\.)(temporal_)?rotary_emb\.freqs$|^time_rel_pos_bias\.")
-# 1x1 convs held as Dense layers: (out, in, 1, 1) -> (in, out).
-_POINTWISE = re.compile(r"/shift_conv/kernel$")
 
 
 def checkpoint_name(path: str) -> str:
@@ -66,14 +63,7 @@ def checkpoint_name(path: str) -> str:
     return name[1:].replace("/", ".")
 
 
-def _pointwise_conv(weight_oi11):
-    """torch Conv2d 1x1 (out, in, 1, 1) -> Dense kernel (in, out)."""
-    return weight_oi11[:, :, 0, 0].T
-
-
 def _tensor(path: str, ndim: int) -> Tensor:
-    if _POINTWISE.search("/" + path):
-        return Tensor(checkpoint_name(path), _pointwise_conv)
     transform = {5: conv, 4: conv, 2: linear}.get(ndim) if path.endswith("kernel") else None
     return Tensor(checkpoint_name(path), transform) if transform else Tensor(checkpoint_name(path))
 
@@ -205,27 +195,18 @@ def read_state_dict(path: str):
     return StateDictCheckpoint(state, path)
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing; the converter reads the model's config from it")
-    with open(path) as f:
-        return json.load(f)
-
-
 def convert_lavie(sd_dir: str, out_dir: str, *, base: str | None = None, interpolation: str | None = None,
                   dtype: str = "float32", show_progress: bool = True) -> dict:
     """Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer from `sd_dir` (a diffusers folder), and
     LaVie's base and interpolation UNets from their `.pt` files, into orbax folders under `out_dir`:
     vae/, text_encoder/, tokenizer/ (copied), base/, interpolation/, and MANIFEST with every config.
     Every mismatch (missing, unused or mis-shaped tensor) is named before anything is written."""
-    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
-    if np_dtype is None:
-        raise ValueError(f"dtype {dtype!r} is not supported; choose float32 or bfloat16")
+    np_dtype = storage_dtype(dtype)
     for name in ("vae", "text_encoder", "tokenizer", "unet"):
         if not os.path.isdir(os.path.join(sd_dir, name)):
             raise FileNotFoundError(f"{sd_dir} is not a Stable Diffusion 1.x diffusers folder: no {name}/ subfolder")
-    base_cfg = unet_config_from_diffusers(_read_json(os.path.join(sd_dir, "unet", "config.json")))
-    configs = {"vae": vae_config_from_diffusers_kl(_read_json(os.path.join(sd_dir, "vae", "config.json"))),
+    base_cfg = unet_config_from_diffusers(read_config_json(os.path.join(sd_dir, "unet")))
+    configs = {"vae": vae_config_from_diffusers_kl(read_config_json(os.path.join(sd_dir, "vae"))),
                "text_encoder": read_clip_text_config(os.path.join(sd_dir, "text_encoder"), dtype=dtype),
                "base": base_cfg, "interpolation": interpolation_config(base_cfg)}
     converters = {

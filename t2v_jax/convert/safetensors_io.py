@@ -112,6 +112,22 @@ def _read_header(file: str) -> dict:
     return header
 
 
+def storage_dtype(name: str):
+    """The numpy dtype a converter writes for `--dtype` "float32" or "bfloat16"."""
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype {name!r} is not supported; choose float32 or bfloat16")
+    return np.float32 if name == "float32" else ml_dtypes.bfloat16
+
+
+def read_config_json(directory: str) -> dict:
+    """`directory/config.json`, the model config every released checkpoint folder carries."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing; the converter reads the model's config from it")
+    with open(path) as f:
+        return json.load(f)
+
+
 def _identity(array):
     return array
 

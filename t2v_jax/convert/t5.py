@@ -9,8 +9,6 @@ file holds is read, and the other is left unused. A full encoder-decoder checkpo
 `decoder.*` and `lm_head.weight` tensors are skipped, as `T5EncoderModel.from_pretrained` skips them.
 """
 
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -18,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from t2v_jax.convert.safetensors_io import SafetensorsCheckpoint, Tensor, convert, flatten_tree, linear
+from t2v_jax.convert.safetensors_io import (SafetensorsCheckpoint, Tensor, convert, flatten_tree, linear,
+                                           read_config_json)
 from t2v_jax.models import text_encoder
 
 _EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
@@ -51,8 +50,7 @@ def t5_config_from_hf(config_json: dict, *, dtype: str = "bfloat16") -> ml_colle
 
 def read_t5_config(checkpoint_dir: str, *, dtype: str = "bfloat16") -> ml_collections.ConfigDict:
     """`t5_config_from_hf` of `checkpoint_dir/config.json`."""
-    with open(os.path.join(checkpoint_dir, "config.json")) as f:
-        return t5_config_from_hf(json.load(f), dtype=dtype)
+    return t5_config_from_hf(read_config_json(checkpoint_dir), dtype=dtype)
 
 
 def t5_mapping(config, *, embedding: str = "shared.weight") -> dict:

@@ -54,13 +54,14 @@ def _conv3d_as_2d(x_bthwc, kernel_thwio, strides):
     return y_nhwc.reshape((b, t_out) + y_nhwc.shape[1:])
 
 
-def frame_conv(features, kernel, *, name=None, strides=1, padding=None):
+def frame_conv(features, kernel, *, name=None, strides=1, padding=None,
+               kernel_init: Callable = nn.initializers.lecun_normal()):
     """Per-frame 2D conv with zero "same" padding (or `padding` on every side): flax folds the leading
-    (B, T) axes of a (B, T, H, W, C) input into one batch axis. Kernel (kh, kw, C_in, C_out)."""
+    (B, T) axes of a (B, T, H, W, C) input into one batch axis. Kernel (kh, kw, C_in, C_out);
+    `kernel_init` lets a residual branch start at zero."""
     pad = kernel // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            (None, None, "conv_in", "conv_out")),
+                   kernel_init=nn.with_logical_partitioning(kernel_init, (None, None, "conv_in", "conv_out")),
                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name)
 
 

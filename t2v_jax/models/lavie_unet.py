@@ -286,8 +286,8 @@ class TemporalModule(nn.Module):
     """LaVie VSR's `TemporalModule3D` on the video frames of (B, F, H, W, C) (the still images of joint training
     pass unchanged): x + shift_conv(ResnetBlock3D(ResnetBlock3DCNN(x, temb), temb)). The first ResNet convolves
     over time, (5, 1, 1) then (3, 1, 1), the second per frame, 3x3; both normalise over all frames
-    (`temporal_norm_num_groups`, eps 1e-6) and take the time embedding. `shift_conv`, a 1x1 conv per frame
-    (a Dense on channels here), starts at zero, so a new module is the identity. LaVie's configuration leaves
+    (`temporal_norm_num_groups`, eps 1e-6) and take the time embedding. `shift_conv`, a 1x1 conv per frame,
+    starts at zero, so a new module is the identity. LaVie's configuration leaves
     out the module's temporal transformer (`attention_block_types` ["", ""]) and its video condition."""
 
     cfg: Any
@@ -300,8 +300,7 @@ class TemporalModule(nn.Module):
         resnet = functools.partial(ResnetBlock, self.features, groups, _TEMPORAL_NORM_EPS, over_frames=True)
         h = resnet(temporal_kernel=_TEMPORAL_MODULE_KERNEL, name="resblocks_3d_t")(x_bthwc[:, :video_frames], temb_bd)
         h = resnet(name="resblocks_3d_s")(h, temb_bd)
-        h = dense(self.features, ("conv_in", "conv_out"), kernel_init=nn.initializers.zeros_init(),
-                  name="shift_conv")(h)
+        h = frame_conv(self.features, 1, kernel_init=nn.initializers.zeros_init(), name="shift_conv")(h)
         return constrain_video(x_bthwc.at[:, :video_frames].add(h))
 
 

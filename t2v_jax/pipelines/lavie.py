@@ -49,8 +49,6 @@ class LaVieCascadePipeline(TextToVideoPipeline):
             return functools.partial(self._interpolate_latents, method=method, num_steps=num_steps)
         if phase == "encode_vsr":
             return lambda params, ids, mask: self.vsr["model"].encode_text({"text_encoder": params}, ids, mask)
-        if phase == "decode_latents":
-            return lambda params, latents: vae_decode(self.vae, params, latents)
         if phase == "upscale":
             return functools.partial(self._upscale_latents, method=method, num_steps=num_steps)
         if phase == "decode_vsr":
@@ -143,25 +141,10 @@ class LaVieCascadePipeline(TextToVideoPipeline):
                         (sample_rng, jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)),
                         count=n, method=sampling.method, num_steps=sampling.num_steps)
 
-    def decode(self, latents_bthwc) -> np.ndarray:
-        return to_uint8(jax.device_get(self.run("decode", self.vae_params, (latents_bthwc,),
-                                                count=latents_bthwc.shape[0])))
-
-    def base_latents(self, prompts, *, seed: int = 0):
-        """The base model's keyframe latents (N, frames, h, w, c)."""
-        sampling = self.config.sampling
-        prompts = list(prompts)
-        cond, uncond = self._conditions(prompts, [sampling.negative_prompt] * len(prompts))
-        noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
-        noise = jax.random.normal(noise_rng, (len(prompts), *self.latent_shape))
-        return self.run("sample", self.dit_params, (cond, uncond, noise),
-                        (sample_rng, jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)),
-                        count=len(prompts), method=sampling.method, num_steps=sampling.num_steps)
-
     def generate(self, prompts, *, seed: int = 0) -> np.ndarray:
         prompts = list(prompts)
-        latents = self.interpolate(prompts, self.base_latents(prompts, seed=seed), seed=seed)
+        latents = self.interpolate(prompts, self.sample_latents(prompts, seed=seed), seed=seed)
         if self.vsr is None:
             return self.decode(latents)
-        low_res_bthwc = self.run("decode_latents", self.vae_params, (latents,), count=len(prompts))
+        low_res_bthwc = self.run("decode", self.vae_params, (latents,), count=len(prompts))
         return self.upscale(prompts, jnp.clip(low_res_bthwc, -1.0, 1.0), seed=seed)

@@ -72,6 +72,13 @@ class TextToVideoPipeline(Pipeline):
         `initial_noise` (N, *latent_shape), standard normal, replaces the seed's starting latents: the
         way to reproduce another implementation's run from the same noise.
         """
+        return self.decode(self.sample_latents(
+            prompts, seed=seed, num_steps=num_steps, guidance_scale=guidance_scale, method=method, eta=eta,
+            negative_prompt=negative_prompt, initial_noise=initial_noise))
+
+    def sample_latents(self, prompts, *, seed: int = 0, num_steps=None, guidance_scale=None, method=None,
+                       eta=None, negative_prompt=None, initial_noise=None):
+        """The sampled latents (N, *latent_shape) that `generate` decodes; same arguments."""
         sampling = self.config.sampling
         prompts = list(prompts)
         negative = sampling.negative_prompt if negative_prompt is None else negative_prompt
@@ -82,12 +89,16 @@ class TextToVideoPipeline(Pipeline):
         elif tuple(initial_noise.shape) != (len(prompts), *self.latent_shape):
             raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected "
                              f"{(len(prompts), *self.latent_shape)} (prompts, *latent_shape)")
-        latents = self.run(
+        return self.run(
             "sample", self.dit_params, (cond, uncond, jnp.asarray(initial_noise, jnp.float32)),
             (sample_rng, jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
              jnp.float32(sampling.eta if eta is None else eta)),
             count=len(prompts), method=method or sampling.method, num_steps=num_steps or sampling.num_steps)
-        return to_uint8(jax.device_get(self.run("decode", self.vae_params, (latents,), count=len(prompts))))
+
+    def decode(self, latents_bthwc) -> np.ndarray:
+        """uint8 videos from latents, through the VAE's (tiled) decoder."""
+        return to_uint8(jax.device_get(self.run("decode", self.vae_params, (latents_bthwc,),
+                                                count=latents_bthwc.shape[0])))
 
     def _conditions(self, prompts, negatives):
         """Prompts and negatives through the text encoder in one call, so a loaded encoder loads once."""

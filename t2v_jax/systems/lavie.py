@@ -20,7 +20,6 @@ import numpy as np
 from t2v_jax.checks import check_batches, require, video_size
 from t2v_jax.data.bouncing_digits import image_caption
 from t2v_jax.diffusion import samplers
-from t2v_jax.diffusion.losses import diffusion_loss
 from t2v_jax.diffusion.schedules import add_noise, make_schedule
 from t2v_jax.models import lavie_unet, video_vae
 from t2v_jax.models.lavie_unet import LaVieUNet
@@ -75,10 +74,9 @@ class BaseStage(DiTStage):
                                                     mask_bnl.reshape(-1, mask_bnl.shape[-1]), dropout_rng)
         context = (context_nld.reshape(captions + context_nld.shape[1:]), mask_nl.reshape(captions + mask_nl.shape[1:]))
         unet = self.model.dit
-        loss, _ = diffusion_loss(
+        loss = self.denoising_loss(
             lambda x_t, t_b: unet.apply(params["dit"], x_t, t_b, *context, num_images=self.num_images),
-            self.model.schedule, x0_bthwc, diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
-            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+            x0_bthwc, diffusion_rng)
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 
@@ -130,10 +128,9 @@ class InterpolationStage(DiTStage):
         condition_bthwc = interpolation_condition(latents_bthwc[:, ::self.frame_rate], self.frame_rate)
         cond = self.encode_captions(params, batch["ids"], batch["mask"], dropout_rng)
         unet = self.model.dit
-        loss, _ = diffusion_loss(
+        loss = self.denoising_loss(
             lambda x_t, t_b: unet.apply(params["dit"], jnp.concatenate([x_t, condition_bthwc], -1), t_b, *cond),
-            self.model.schedule, latents_bthwc, diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
-            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+            latents_bthwc, diffusion_rng)
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 
@@ -210,11 +207,10 @@ class VSRStage(DiTStage):
         low_res = add_noise(self.low_res_schedule, low_res, jax.random.normal(noise_rng, low_res.shape), levels_b)
         cond = self.encode_captions(params, batch["ids"], batch["mask"], dropout_rng)
         unet = self.model.dit
-        loss, _ = diffusion_loss(
+        loss = self.denoising_loss(
             lambda x_t, t_b: unet.apply(params["dit"], jnp.concatenate([x_t, low_res], -1), t_b, *cond,
                                         class_labels_b=levels_b),
-            self.model.schedule, latents_bthwc, diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
-            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+            latents_bthwc, diffusion_rng)
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 

@@ -128,14 +128,20 @@ class DiTStage:
                                         mask_bl, self.null_mask_l)
         return self.model.encode_text(params, ids_bl, mask_bl), mask_bl
 
+    def denoising_loss(self, denoise_fn, x0_bthwc, rng):
+        """`diffusion_loss` of `denoise_fn(x_t, t_b)` on the model's schedule with the config's target and
+        weighting: what every denoiser trained on these latents minimises, whatever else it is given."""
+        loss, _ = diffusion_loss(denoise_fn, self.model.schedule, x0_bthwc, rng,
+                                 prediction_type=self.config.diffusion.prediction_type,
+                                 min_snr_gamma=self.config.diffusion.min_snr_gamma)
+        return loss
+
     def latent_loss(self, params, latents_bthwc, ids_bl, mask_bl, rng):
         """Denoising loss on given latents, with caption dropout."""
         dropout_rng, diffusion_rng = jax.random.split(rng)
         cond = self.encode_captions(params, ids_bl, mask_bl, dropout_rng)
-        loss, _ = diffusion_loss(
-            lambda x_t, t_b: self.model.denoise(params, x_t, t_b, cond), self.model.schedule, latents_bthwc,
-            diffusion_rng, prediction_type=self.config.diffusion.prediction_type,
-            min_snr_gamma=self.config.diffusion.min_snr_gamma)
+        loss = self.denoising_loss(lambda x_t, t_b: self.model.denoise(params, x_t, t_b, cond), latents_bthwc,
+                                   diffusion_rng)
         return loss, {"latent_std": jnp.std(latents_bthwc)}
 
 
