@@ -15,9 +15,15 @@ infinitely fine supersample); at whole-pixel positions that equals the nearest-n
 Still images (`sample_image`, caption "a red 3") come from the same glyph splits, for joint image-video
 training.
 
+Long videos (`sample_long_example`, `sample_long_videos`; MALT's and SynCoS's ground truth) chain
+`num_segments` straight segments of `segment_frames` frames, one caption each, under one glyph and colour (the
+global caption "a red 3"). Each segment is a short clip rendered by `render_video`, starting one step (in its own
+direction) from where the previous one ended, so the motion is 1 px per frame throughout and only its
+direction changes at a boundary. No segment bounces inside, so the judge reads each as a clean straight line.
+
 The pure-numpy helpers (`load_glyphs`, `render_video`, `caption`, `sample_attributes`, `sample_example`,
-`sample_image`) need no build; `BouncingDigits` is the tensorflow-datasets builder that writes array_record
-files.
+`sample_image`, `sample_long_example`) need no build; `BouncingDigits` is the tensorflow-datasets builder that
+writes array_record files.
 """
 
 import dataclasses
@@ -238,6 +244,98 @@ def sample_videos(num_videos, split="test", *, seed=0, num_frames=16, canvas=32,
         )
         videos_nthwc[index] = example["video"]
         captions.append(example["caption"])
+    return videos_nthwc, captions
+
+
+def validate_long_geometry(num_segments, segment_frames, canvas):
+    """Raises unless there is at least one segment and a segment fits: it moves the glyph `segment_frames` px
+    from where the previous segment ended (one step in, then segment_frames - 1 along), the bound
+    `validate_geometry` sets for a clip of segment_frames + 1 frames."""
+    validate_geometry(1, canvas)
+    _check_factor(num_segments, "num_segments")
+    _check_factor(segment_frames, "segment_frames")
+    travel = canvas - glyph_size(canvas)
+    if segment_frames > travel:
+        raise ValueError(
+            f"segment_frames={segment_frames} does not fit canvas={canvas}: a segment moves a {glyph_size(canvas)} "
+            f"px glyph segment_frames px from where the previous one ended, so segment_frames <= {travel}"
+        )
+
+
+def _fits_segment(direction, before_xy, segment_frames, canvas):
+    """Whether a segment moving in `direction` from one step past `before_xy` stays inside the canvas."""
+    low_xy, high_xy = start_range(direction, num_frames=segment_frames + 1, canvas=canvas)
+    return bool(np.all(before_xy >= low_xy) and np.all(before_xy <= high_xy))
+
+
+def _turn(rng, direction, before_xy, segment_frames, canvas):
+    """A direction other than `direction`, uniform over those whose whole segment stays inside.
+
+    Reversing always qualifies (it retraces the segment just drawn), so a walk never gets stuck.
+    """
+    allowed = [other for other in range(len(DIRECTIONS))
+               if other != direction and _fits_segment(other, before_xy, segment_frames, canvas)]
+    return allowed[rng.integers(len(allowed))]
+
+
+def sample_long_example(rng, split, *, num_segments, segment_frames=8, canvas=16, scale=1):
+    """A long video of `num_segments` straight segments: dict of video (uint8 (S * F, H, W, 3)), captions (S
+    strings, 'a red 3 moving left'), digit, colour, directions (S ints), global_caption ('a red 3') and
+    glyph_index.
+
+    Glyph, colour, the first direction and the position one step before the first frame are drawn as
+    `sample_attributes` draws a clip of segment_frames + 1 frames, so the first segment, like every later one,
+    moves segment_frames px from a position inside the canvas. At each boundary the direction always changes:
+    a model that ignores a new segment's caption and carries on is then wrong on every segment after the
+    first, which is what MALT's per-segment accuracy and SynCoS's local-prompt fidelity must catch (the issues'
+    "motion changes at segment boundaries", "local prompts change the direction"); allowing the same direction
+    again would let such a model score. The new direction is uniform over the others that keep the whole next
+    segment inside. On the 16 px canvas with 8-frame segments every segment crosses the full 8 px of travel,
+    so a digit off the corners bounces between two walls and one in a corner turns or bounces.
+
+    The rng draws segment by segment, so a video is the prefix of the same example with more segments.
+    `scale` renders the same video larger (see `render_video`); there is no `frame_rate`, since in-between
+    frames across a boundary would belong to neither segment.
+    """
+    validate_long_geometry(num_segments, segment_frames, canvas)
+    _check_factor(scale, "scale")
+    attributes = sample_attributes(rng, split, num_frames=segment_frames + 1, canvas=canvas)
+    glyph_88 = _all_glyphs()[0][attributes["glyph_index"]]
+    digit, colour, direction = attributes["digit"], attributes["colour"], attributes["direction"]
+    before_xy = np.asarray(attributes["start_xy"], dtype=np.int64)
+    directions, segments_thwc = [], []
+    for segment in range(num_segments):
+        if segment:
+            direction = _turn(rng, direction, before_xy, segment_frames, canvas)
+        start_xy = before_xy + DIRECTION_XY[direction]
+        segments_thwc.append(render_video(glyph_88, colour, direction, start_xy, num_frames=segment_frames,
+                                          canvas=canvas, scale=scale))
+        directions.append(direction)
+        before_xy = start_xy + (segment_frames - 1) * DIRECTION_XY[direction]
+    return dict(
+        video=np.concatenate(segments_thwc),
+        captions=[caption(digit, colour, segment_direction) for segment_direction in directions],
+        digit=digit,
+        colour=colour,
+        directions=directions,
+        global_caption=image_caption(digit, colour),
+        glyph_index=attributes["glyph_index"],
+    )
+
+
+def sample_long_videos(num_videos, split="test", *, seed=0, num_segments, segment_frames=8, canvas=16, scale=1):
+    """(videos_nthwc uint8 (N, S * F, H, W, 3), captions: N lists of S strings) of `sample_long_example`, video
+    `index` drawn from `example_rng(seed, split, index)`."""
+    validate_long_geometry(num_segments, segment_frames, canvas)
+    _check_factor(scale, "scale")
+    side = canvas * scale
+    videos_nthwc = np.zeros((num_videos, num_segments * segment_frames, side, side, 3), np.uint8)
+    captions = []
+    for index in range(num_videos):
+        example = sample_long_example(example_rng(seed, split, index), split, num_segments=num_segments,
+                                      segment_frames=segment_frames, canvas=canvas, scale=scale)
+        videos_nthwc[index] = example["video"]
+        captions.append(example["captions"])
     return videos_nthwc, captions
 
 

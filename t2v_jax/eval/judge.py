@@ -83,7 +83,8 @@ def parse_caption(text):
     return digit, bouncing_digits.COLOURS.index(colour), bouncing_digits.DIRECTIONS.index(direction)
 
 
-def _brightness(videos_nthwc_uint8):
+def brightness(videos_nthwc_uint8):
+    """Per-pixel brightness in [0, 1]: the max over RGB, as the renderer writes every palette colour."""
     return videos_nthwc_uint8.max(axis=-1).astype(np.float32) / 255.0
 
 
@@ -129,7 +130,7 @@ def _training_features(canvas):
         [bouncing_digits.render_video(glyph_88, "white", "right", start_xy, num_frames=1, canvas=canvas)
          for glyph_88 in glyphs_n88]
     )
-    brightness_n1hw = _brightness(videos_n1hwc)
+    brightness_n1hw = brightness(videos_n1hwc)
     track_n12 = centroid_track(brightness_n1hw)
     features_nd = [glyph_features(brightness_n1hw, track_n12 + np.array(xy))[:, 0] for xy in CROP_JITTER_XY]
     return np.concatenate(features_nd).reshape(-1, 8, 8), np.tile(digits_n, len(CROP_JITTER_XY))
@@ -309,7 +310,7 @@ class Judge:
     def _frame_log_probs(self, videos_nthwc_uint8):
         """(N, T, 10) digit log-probabilities of each frame, summed over the shifted windows; the track; and
         (N, T) whether each frame shows a digit at all."""
-        brightness_nthw = _brightness(videos_nthwc_uint8)
+        brightness_nthw = brightness(videos_nthwc_uint8)
         found_nt = brightness_nthw.max(axis=(-2, -1)) >= FOUND_BRIGHTNESS
         track_nt2 = centroid_track(brightness_nthw)
         windows_ntv64 = np.stack(
@@ -337,7 +338,7 @@ class Judge:
         log_probs_nt10, track_nt2, found_nt = self._frame_log_probs(videos_nthwc_uint8)
         any_found_n = found_nt.any(axis=1)
         digit_n = np.where(found_nt[..., None], log_probs_nt10, 0.0).sum(axis=1).argmax(axis=-1)
-        colour_n = _predict_colour(videos_nthwc_uint8, _brightness(videos_nthwc_uint8))
+        colour_n = _predict_colour(videos_nthwc_uint8, brightness(videos_nthwc_uint8))
         return dict(
             digit=np.where(any_found_n, digit_n, NOT_FOUND),
             colour=np.where(any_found_n, colour_n, NOT_FOUND),
