@@ -1,7 +1,7 @@
 """LaVie's base model at its released size: 16 frames of 320x512, SD-1.4's UNet with temporal attention.
 
 Command:  python scripts/convert_lavie.py --sd-dir PATH/stable-diffusion-v1-4 --base lavie_base.pt --out lavie
-          (sampling from the converted folder is not wired yet: issue 12)
+          python scripts/sample.py --config configs/lavie_base.py --checkpoint lavie --prompt "..." --out base.mp4
 Sizes:    UNet 909,124,100 parameters (SD-1.4's 859,520,964 plus 49,603,136 in the 16 temporal attention
           layers), 2D VAE 83,653,863, CLIP ViT-L/14 text encoder 123,060,480; latents 16x40x64x4. Checked by
           abstract evaluation (no memory) in tests/test_lavie_configs.py.

@@ -3,6 +3,8 @@ of 320x512.
 
 Command:  python scripts/convert_lavie.py --sd-dir PATH/stable-diffusion-v1-4 --base lavie_base.pt \
               --interpolation lavie_interpolation.pt --out lavie
+          python scripts/sample.py --config configs/lavie_interpolation.py --checkpoint lavie --prompt "..." \
+              --out lavie_61.mp4
 Sizes:    interpolation UNet 909,131,524 parameters (in_channels 8: noisy latent + repeated keyframe latents,
           +11,520 in conv_in; no temporal position bias, -4,096), on 61x40x64 latents; the base model's as
           configs/lavie_base.py. Checked by abstract evaluation (no memory) in tests/test_lavie_configs.py.

@@ -60,11 +60,20 @@ def main(argv):
         def upscale(low_res_nthwc, captions):
             return pipeline.upscale(captions, low_res_nthwc.astype(np.float32) / 127.5 - 1.0, seed=_SEED.value)
 
+        vsr_vae = VideoVAE(config.vsr.vae)
+        encode_vsr = jax.jit(lambda video_bthwc: vae_encode(vsr_vae, pipeline.vsr["vae_params"], video_bthwc,
+                                                            tiled=False))
+
+        def vsr_round_trip(videos_nthwc):
+            return pipeline.decode_vsr(encode_vsr(videos_nthwc.astype(np.float32) / 127.5 - 1.0))
+
         scores["vsr"] = super_resolution_scores(upscale, config.data, config.interpolation.frame_rate,
-                                                config.vsr.scale, _NUM.value, seed=_SEED.value)
+                                                config.vsr.scale, _NUM.value, round_trip=vsr_round_trip,
+                                                seed=_SEED.value)
         v = scores["vsr"]
         print(f"super-resolution x{config.vsr.scale} ({v['num_videos']} test clips): model PSNR {v['model_psnr']:.2f} dB, "
-              f"SSIM {v['model_ssim']:.3f} | bicubic PSNR {v['bicubic_psnr']:.2f} dB, SSIM {v['bicubic_ssim']:.3f}")
+              f"SSIM {v['model_ssim']:.3f} | bicubic PSNR {v['bicubic_psnr']:.2f} dB, SSIM {v['bicubic_ssim']:.3f} | "
+              f"the VSR VAE's round trip (ceiling) PSNR {v['vae_ceiling_psnr']:.2f} dB, SSIM {v['vae_ceiling_ssim']:.3f}")
     print(json.dumps(scores))
     if _OUT.value:
         with open(_OUT.value, "w") as f:

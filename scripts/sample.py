@@ -6,8 +6,11 @@
       --prompt "a seaside harbor at sunrise" --out a.mp4
   python scripts/sample.py --config configs/flashvideo.py --checkpoint runs/flashvideo \
       --prompt "a green 4 moving down" --out flash.gif
+  python scripts/sample.py --config configs/lavie_vsr.py --checkpoint lavie \
+      --prompt "a teddy bear walking on the street" --out lavie.mp4
 
---checkpoint is a --workdir of scripts/train.py, or a folder written by scripts/convert_allegro.py.
+--checkpoint is a --workdir of scripts/train.py, or a folder written by scripts/convert_allegro.py or
+scripts/convert_lavie.py.
 The extension of --out picks the format (.mp4 or .gif).
 """
 
@@ -24,7 +27,7 @@ from t2v_jax.io.video import video_grid, write_video
 from t2v_jax.pipelines.load import load_pipeline, sampling_summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A scripts/train.py --workdir or a scripts/convert_allegro.py "
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A scripts/train.py --workdir or a scripts/convert_*.py "
                                   "--out folder.")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat the flag for a grid.")
 _OUT = flags.DEFINE_string("out", "samples.mp4", "Output video, .mp4 or .gif.")

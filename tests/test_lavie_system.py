@@ -6,10 +6,10 @@ import pytest
 
 from t2v_jax.checks import ConfigError
 from t2v_jax.config import validate
-from t2v_jax.eval.cascade import keyframe_baselines
+from t2v_jax.eval.cascade import bicubic_upsample, keyframe_baselines, super_resolution_scores
 from t2v_jax.eval.evaluate import generate_and_judge
 from t2v_jax.pipelines.load import load_pipeline
-from t2v_jax.systems.lavie import interpolation_condition, keyframe_index
+from t2v_jax.systems.lavie import base_model, interpolation_condition, keyframe_index, vsr_model
 from t2v_jax.train.run import train
 from tiny import load_config, tiny_lavie_config
 
@@ -31,11 +31,28 @@ def test_keyframe_baselines_repeat_and_blend():
     assert baselines["blend"][0, :, 0, 0, 0].tolist() == [0, 25, 50, 75, 100, 125, 150, 175, 200]
 
 
+def test_super_resolution_scores_against_the_large_rendering():
+    """The model is handed the box-downsampled clip and scored against the clip rendered 2x larger: bicubic
+    as the model scores exactly as the bicubic baseline, a lossless round trip reaches the 100 dB cap, and a
+    blank model scores below bicubic."""
+    data = load_config("lavie_digits").data
+    scores = super_resolution_scores(lambda low_res, _: bicubic_upsample(low_res, 2), data, 4, 2, 4,
+                                     round_trip=lambda videos: videos, progress=False)
+    assert scores["model_psnr"] == scores["bicubic_psnr"] and scores["model_ssim"] == scores["bicubic_ssim"]
+    assert scores["vae_ceiling_psnr"] == 100.0 and scores["vae_ceiling_ssim"] == pytest.approx(1.0)
+    assert 20 < scores["bicubic_psnr"] < 100
+    blank = super_resolution_scores(lambda low_res, _: np.zeros_like(bicubic_upsample(low_res, 2)), data, 4, 2, 4,
+                                    progress=False)
+    assert blank["model_psnr"] < scores["bicubic_psnr"] and "vae_ceiling_psnr" not in blank
+
+
 @pytest.mark.parametrize("field,value,named", [
     ("interpolation.num_frames", 30, "data.num_frames=8"),
     ("interpolation.unet.in_channels", 8, "vae.latent_channels=8"),
     ("interpolation.unet.cross_attention_dim", 32, "text.encoder.width=128"),
     ("unet.in_channels", 4, "vae.latent_channels=8"),
+    ("vsr.canvas", 48, "data.canvas=16"),
+    ("vsr.unet.cross_attention_dim", 32, "text.encoder.width=128"),
 ])
 def test_disagreeing_stages_fail_naming_both_fields(field, value, named):
     config = load_config("lavie_digits")
@@ -72,3 +89,12 @@ def test_cascade_trains_and_generates_at_four_times_the_frames_and_twice_the_siz
     scores, base_videos = generate_and_judge(load_pipeline(config, str(tmp_path / "run")), ["a red 3 moving left"] * 2,
                                              batch_size=2, progress=False)
     assert base_videos.shape == (2, 8, 16, 16, 3) and 0 <= scores["all"] <= 1
+
+
+def test_super_resolution_stage_has_its_own_text_encoder_and_prediction():
+    """Released LaVie: the VSR model encodes prompts with OpenCLIP ViT-H and predicts v; the base model uses
+    CLIP ViT-L and predicts eps. The VSR stage's model must see its own sections, the base model the base's."""
+    config = load_config("lavie_vsr")
+    vsr, base = vsr_model(config), base_model(config)
+    assert vsr.config.diffusion.prediction_type == "v" and base.config.diffusion.prediction_type == "eps"
+    assert vsr.config.text.encoder.width == 1024 and base.config.text.encoder.width == 768

@@ -5,7 +5,8 @@ from a safetensors file in the Hub layout (`text_model.` prefix plus the old `po
 SD 1.4's `text_encoder/`), and compared at every position. Layer norm parameters and linear biases are
 drawn away from their init (ones and zeros) so that a swapped norm or a dropped bias moves the output well
 past the tolerance; so do dropping causality, the exact or tanh GELU in place of quick-GELU (2e-2 here)
-or misplaced positions.
+or misplaced positions. A second model with `hidden_act="gelu"` (OpenCLIP's text tower, the x4 upscaler's)
+checks the exact GELU the same way: its tanh approximation is off by 7e-4 there.
 """
 
 import jax
@@ -15,7 +16,7 @@ import pytest
 from t2v_jax.convert.clip import (HUB_PREFIX, clip_text_config_from_hf, clip_text_mapping, clip_text_param_shapes,
                                   convert_clip_text, read_clip_text_config)
 from t2v_jax.convert.safetensors_io import ConversionError, check_mapping
-from t2v_jax.models.clip_text import CLIPTextEncoder, clip_vit_l14_config
+from t2v_jax.models.clip_text import CLIPTextEncoder, clip_vit_l14_config, open_clip_vit_h14_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,12 +26,11 @@ pytestmark = pytest.mark.ref
 VOCAB, MAX_POSITIONS = 1000, 16
 
 
-@pytest.fixture(scope="module")
-def hf_model():
+def _hf_model(hidden_act: str = "quick_gelu"):
     config = transformers.CLIPTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, max_position_embeddings=MAX_POSITIONS,
                                          layer_norm_eps=1e-3, pad_token_id=1, bos_token_id=VOCAB - 2,
-                                         eos_token_id=VOCAB - 1)
+                                         eos_token_id=VOCAB - 1, hidden_act=hidden_act)
     torch.manual_seed(0)
     model = transformers.CLIPTextModel(config).eval()
     with torch.no_grad():
@@ -39,7 +39,14 @@ def hf_model():
                 param.uniform_(0.5, 1.5)
             elif name.endswith("bias"):
                 param.normal_(0.0, 0.2)
+            if hidden_act == "gelu" and name.endswith("fc1.weight"):
+                param.mul_(2.0)  # MLP inputs nearer |x| = 2.7, where the tanh approximation is furthest off
     return model
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return _hf_model()
 
 
 def _state_dict(model) -> dict:
@@ -126,10 +133,19 @@ def test_input_longer_than_the_positions_is_refused(hf_model):
         CLIPTextEncoder(config).apply({"params": params}, _ids(MAX_POSITIONS + 1, seed=0))
 
 
-def test_config_other_than_quick_gelu_is_refused(hf_model):
+def test_exact_gelu_encoder_matches_transformers():
+    """OpenCLIP's text tower (`hidden_act="gelu"`, the x4 upscaler's): the activation is read from the config."""
+    model = _hf_model("gelu")
+    config = clip_text_config_from_hf(model.config.to_dict())
+    assert config.activation == "gelu"
+    params = convert_clip_text(_state_dict(model), config)
+    assert _max_error(model, params, _ids(MAX_POSITIONS, seed=3)) <= 1e-4
+
+
+def test_unsupported_activation_is_refused(hf_model):
     config_json = hf_model.config.to_dict()
-    config_json["hidden_act"] = "gelu"
-    with pytest.raises(ValueError, match="quick_gelu"):
+    config_json["hidden_act"] = "relu"
+    with pytest.raises(ValueError, match="hidden_act='relu'"):
         clip_text_config_from_hf(config_json)
 
 
@@ -145,3 +161,18 @@ def test_full_size_mapping_covers_sd_1_4_text_encoder():
     state = {HUB_PREFIX + name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     check_mapping(state, clip_text_mapping(config), clip_text_param_shapes(config))
     assert 120e6 < sum(int(np.prod(shape)) for shape in state.values()) < 126e6
+
+
+def test_full_size_mapping_covers_the_x4_upscaler_text_encoder():
+    """The x4 upscaler's text encoder (OpenCLIP ViT-H/14's text tower less its last layer, exact GELU; its
+    `text_encoder/config.json`, on torch's meta device) maps onto CLIPTextEncoder(open_clip_vit_h14_config())."""
+    hf_config = transformers.CLIPTextConfig(hidden_act="gelu", hidden_size=1024, intermediate_size=4096,
+                                            num_hidden_layers=23, num_attention_heads=16, projection_dim=512,
+                                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with torch.device("meta"):
+        model = transformers.CLIPTextModel(hf_config)
+    config = clip_text_config_from_hf(hf_config.to_dict())
+    assert config.to_dict() == open_clip_vit_h14_config().to_dict()
+    state = {HUB_PREFIX + name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    check_mapping(state, clip_text_mapping(config), clip_text_param_shapes(config))
+    assert sum(param.numel() for param in model.parameters()) == 340_387_840

@@ -1,10 +1,12 @@
 """transformers `CLIPTextModel` weights -> `CLIPTextEncoder` params.
 
 Our parameter names follow transformers' modules, so the mapping is a rename (q/k/v/out_proj -> the
-shared `Attention`'s query/key/value/out) plus the Linear transpose. The source is a safetensors file or
-folder (`save_pretrained`'s output, SD 1.4's `text_encoder/`) or an in-memory state dict, e.g.
-`model.state_dict()` or `torch.load` of a `pytorch_model.bin`; both go through the shared `convert`, so
-every missing, unused or mis-shaped tensor is named in one `ConversionError` before any is copied.
+shared `Attention`'s query/key/value/out) plus the Linear transpose; the MLP's activation comes from
+`hidden_act` (OpenAI's quick-GELU in SD 1.4, the exact GELU of OpenCLIP in the x4 upscaler). The source is a
+safetensors file or folder (`save_pretrained`'s output, a `text_encoder/` folder) or an in-memory state
+dict, e.g. `model.state_dict()` or `torch.load` of a `pytorch_model.bin`; both go through the shared
+`convert`, so every missing, unused or mis-shaped tensor is named in one `ConversionError` before any is
+copied.
 
 Tensor names come in two layouts: checkpoints written by transformers 4 (the ones on the Hub, SD 1.4's
 included) prefix them with `text_model.`, while transformers 5's `CLIPTextModel.state_dict()` has no
@@ -27,15 +29,17 @@ from t2v_jax.models import clip_text
 
 HUB_PREFIX = "text_model."
 _ATTENTION_NAMES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "out_proj"}
+# transformers' `hidden_act` -> the `FeedForward` activation computing the same function.
+_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 
 def clip_text_config_from_hf(config_json: dict, *, dtype: str = "float32") -> ml_collections.ConfigDict:
     """CLIPTextEncoder config from a transformers `CLIPTextConfig` dict (SD's `text_encoder/config.json`);
     missing fields take transformers' defaults. `dtype` is both the compute and the parameter dtype."""
     activation = config_json.get("hidden_act", "quick_gelu")
-    if activation != "quick_gelu":
-        raise ValueError(f"hidden_act={activation!r} is not supported: CLIPTextEncoder implements the "
-                         "'quick_gelu' MLP of OpenAI's CLIP (SD 1.x)")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act={activation!r} is not supported; CLIPTextEncoder implements "
+                         f"{sorted(_ACTIVATIONS)} (OpenAI's CLIP in SD 1.x, OpenCLIP's in SD 2 and the x4 upscaler)")
     config = clip_text.default_config()
     config.update(dict(
         vocab_size=config_json.get("vocab_size", 49408),
@@ -43,6 +47,7 @@ def clip_text_config_from_hf(config_json: dict, *, dtype: str = "float32") -> ml
         num_layers=config_json.get("num_hidden_layers", 12),
         num_heads=config_json.get("num_attention_heads", 8),
         mlp_dim=config_json.get("intermediate_size", 2048),
+        activation=_ACTIVATIONS[activation],
         max_length=config_json.get("max_position_embeddings", 77),
         layer_norm_eps=config_json.get("layer_norm_eps", 1e-5),
         dtype=dtype,

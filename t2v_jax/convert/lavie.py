@@ -1,5 +1,6 @@
 """LaVie's UNet state dicts (PyTorch `.pt`, diffusers-style names) -> `LaVieUNet` params, and a whole
-release (with Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer) -> orbax folders.
+release (with Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer for the base and interpolation
+models, and the x4 upscaler's for the super-resolution model) -> orbax folders.
 
 The Flax names are the diffusers names with `.` -> `/` and list indices joined by `_`, so the mapping is
 derived from the model's own parameter paths: `down_blocks_0/attentions_0/transformer_blocks_0/attn1/query/
@@ -24,14 +25,15 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 from tqdm.auto import tqdm
 
 from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.convert.clip import convert_clip_text, read_clip_text_config
-from t2v_jax.convert.safetensors_io import (StateDictCheckpoint, Tensor, conv, convert, flatten_tree, linear,
-                                           read_config_json, storage_dtype, unflatten_tree)
+from t2v_jax.convert.safetensors_io import (ConversionError, StateDictCheckpoint, Tensor, conv, convert, flatten_tree,
+                                           linear, read_config_json, storage_dtype, unflatten_tree)
 from t2v_jax.convert.sd_vae import convert_sd_vae, vae_config_from_diffusers_kl
 from t2v_jax.models import lavie_unet
 from t2v_jax.models.lavie_unet import LaVieUNet, interpolation_config, spatial_compression
@@ -78,15 +80,27 @@ def _init_inputs(cfg, frames: int = 2) -> tuple:
 
 def unet_param_shapes(cfg, frames: int = 2) -> dict:
     """{param path: ShapeDtypeStruct} of LaVieUNet(cfg), traced on a smallest input (no memory used)."""
+    return dict(_traced_param_shapes(cfg.to_json(), frames))
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_param_shapes(cfg_json: str, frames: int) -> dict:
+    """One trace per config (a release's conversion checks every UNet, then converts it; a trace takes seconds).
+    The JSON round trip turns the config's tuples into lists, which the model only iterates."""
+    cfg = ml_collections.ConfigDict(json.loads(cfg_json))
     args, kwargs = _init_inputs(cfg, frames)
     variables = jax.eval_shape(lambda rng: LaVieUNet(cfg).init(rng, *args, **kwargs), jax.random.key(0))
     return flatten_tree(nn.unbox(variables)["params"])
 
 
+def _mapping(shapes: dict, from_image_model: bool) -> dict:
+    return {path: _tensor(path, len(shape.shape)) for path, shape in shapes.items()
+            if not (from_image_model and _TEMPORAL.search("/" + path))}
+
+
 def unet_mapping(cfg, *, from_image_model: bool = False) -> dict:
     """{LaVieUNet param path: checkpoint Tensor}; without the temporal layers for an image model."""
-    return {path: _tensor(path, len(shape.shape)) for path, shape in unet_param_shapes(cfg).items()
-            if not (from_image_model and _TEMPORAL.search("/" + path))}
+    return _mapping(unet_param_shapes(cfg), from_image_model)
 
 
 def convert_unet(checkpoint, cfg, *, from_image_model: bool = False, init_rng=None, dtype=np.float32,
@@ -96,7 +110,7 @@ def convert_unet(checkpoint, cfg, *, from_image_model: bool = False, init_rng=No
     unused or mis-shaped tensor. With `from_image_model`, the temporal layers come from
     `LaVieUNet(cfg).init(init_rng)` instead."""
     shapes = unet_param_shapes(cfg)
-    mapping = unet_mapping(cfg, from_image_model=from_image_model)
+    mapping = _mapping(shapes, from_image_model)
     converted = flatten_tree(convert(checkpoint, mapping, {path: shapes[path] for path in mapping}, dtype=dtype,
                                      ignore_unused=lambda name: bool(_COMPUTED.search(name)), progress=progress))
     if from_image_model:
@@ -195,38 +209,115 @@ def read_state_dict(path: str):
     return StateDictCheckpoint(state, path)
 
 
-def convert_lavie(sd_dir: str, out_dir: str, *, base: str | None = None, interpolation: str | None = None,
-                  dtype: str = "float32", show_progress: bool = True) -> dict:
-    """Stable Diffusion 1.4's VAE, CLIP text encoder and tokenizer from `sd_dir` (a diffusers folder), and
-    LaVie's base and interpolation UNets from their `.pt` files, into orbax folders under `out_dir`:
-    vae/, text_encoder/, tokenizer/ (copied), base/, interpolation/, and MANIFEST with every config.
-    Every mismatch (missing, unused or mis-shaped tensor) is named before anything is written."""
+def vsr_unet_config(upscaler_dir: str | None, vsr_config: str | None = None):
+    """LaVie VSR's UNet config: from its `UNet3DVSRModel` config file `vsr_config` (LaVie's
+    vsr/configs/unet_3d_config.json) when given, else from the x4 upscaler's `unet/config.json` with LaVie's
+    temporal layout (`lavie_unet.vsr_config()`), which gives the same config for the released models."""
+    if vsr_config is not None:
+        with open(vsr_config) as f:
+            cfg = unet_config_from_diffusers(json.load(f))
+    else:
+        cfg = unet_config_from_diffusers(read_config_json(os.path.join(upscaler_dir, "unet")),
+                                         base=lavie_unet.vsr_config())
+    lavie_unet.validate_config(cfg, "vsr")
+    return cfg
+
+
+def _require_subfolders(folder: str, names, what: str) -> None:
+    for name in names:
+        if not os.path.isdir(os.path.join(folder, name)):
+            raise FileNotFoundError(f"{folder} is not {what}: no {name}/ subfolder")
+
+
+def _image_model_components(folder: str, prefix: str, dtype: str, vae_defaults: dict) -> tuple[dict, dict]:
+    """({name: config}, {name: converter(progress=...)}) for the VAE and the CLIP text encoder of a diffusers
+    Stable Diffusion folder, named `{prefix}vae` and `{prefix}text_encoder`; `vae_defaults` fills fields its
+    vae/config.json may lack."""
+    vae_dir, text_dir = os.path.join(folder, "vae"), os.path.join(folder, "text_encoder")
+    vae_cfg = vae_config_from_diffusers_kl({**vae_defaults, **read_config_json(vae_dir)})
+    text_cfg = read_clip_text_config(text_dir, dtype=dtype)
+    return ({f"{prefix}vae": vae_cfg, f"{prefix}text_encoder": text_cfg},
+            {f"{prefix}vae": functools.partial(convert_sd_vae, vae_dir, vae_cfg),
+             f"{prefix}text_encoder": functools.partial(convert_clip_text, text_dir, text_cfg)})
+
+
+def _convert_unet_file(path: str, cfg, dtype, progress=None) -> dict:
+    return convert_unet(read_state_dict(path), cfg, dtype=dtype, progress=progress)
+
+
+class _Checked(Exception):
+    """Stops a converter at its first converted tensor: `convert` has checked its whole mapping by then."""
+
+
+def _stop(path):
+    raise _Checked
+
+
+def convert_lavie(out_dir: str, *, sd_dir: str | None = None, base: str | None = None,
+                  interpolation: str | None = None, upscaler_dir: str | None = None, vsr: str | None = None,
+                  vsr_config: str | None = None, dtype: str = "float32", show_progress: bool = True) -> dict:
+    """LaVie's released models and what they need, into orbax folders under `out_dir`, with MANIFEST holding
+    every config.
+
+    `sd_dir` (a diffusers Stable Diffusion 1.4 folder) gives vae/, text_encoder/ and tokenizer/ (copied) and
+    the base and interpolation UNets' config; `base` and `interpolation` (LaVie's `.pt` files) give base/ and
+    interpolation/. `upscaler_dir` (diffusers' stable-diffusion-x4-upscaler folder) gives vsr_vae/,
+    vsr_text_encoder/ (OpenCLIP ViT-H/14) and vsr_tokenizer/; `vsr` (LaVie's `.pt`) gives vsr/, its config
+    from `vsr_config` or the upscaler's unet/config.json (`vsr_unet_config`). Either folder may be left out
+    when none of its models is converted. Every component is checked whole before anything is written: one
+    ConversionError names every missing, unused or mis-shaped tensor of every component."""
     np_dtype = storage_dtype(dtype)
-    for name in ("vae", "text_encoder", "tokenizer", "unet"):
-        if not os.path.isdir(os.path.join(sd_dir, name)):
-            raise FileNotFoundError(f"{sd_dir} is not a Stable Diffusion 1.x diffusers folder: no {name}/ subfolder")
-    base_cfg = unet_config_from_diffusers(read_config_json(os.path.join(sd_dir, "unet")))
-    configs = {"vae": vae_config_from_diffusers_kl(read_config_json(os.path.join(sd_dir, "vae"))),
-               "text_encoder": read_clip_text_config(os.path.join(sd_dir, "text_encoder"), dtype=dtype),
-               "base": base_cfg, "interpolation": interpolation_config(base_cfg)}
-    converters = {
-        "vae": lambda progress: convert_sd_vae(os.path.join(sd_dir, "vae"), configs["vae"], progress=progress),
-        "text_encoder": lambda progress: convert_clip_text(os.path.join(sd_dir, "text_encoder"),
-                                                           configs["text_encoder"], progress=progress),
-    }
-    for name, path in (("base", base), ("interpolation", interpolation)):
+    if sd_dir is None and (base or interpolation):
+        raise ValueError("the base and interpolation models need sd_dir (Stable Diffusion 1.4's VAE, text encoder "
+                         "and UNet config)")
+    if upscaler_dir is None and vsr:
+        raise ValueError("the super-resolution model needs upscaler_dir (the x4 upscaler's VAE and text encoder)")
+    if sd_dir is None and upscaler_dir is None:
+        raise ValueError("nothing to convert: give sd_dir and/or upscaler_dir")
+    configs, converters, tokenizers, sources, unets = {}, {}, {}, {}, {}
+    if sd_dir is not None:
+        _require_subfolders(sd_dir, ("vae", "text_encoder", "tokenizer", "unet"), "a Stable Diffusion 1.x diffusers "
+                            "folder")
+        sd_configs, sd_converters = _image_model_components(sd_dir, "", dtype, vae_defaults={})
+        base_cfg = unet_config_from_diffusers(read_config_json(os.path.join(sd_dir, "unet")))
+        configs.update(sd_configs, base=base_cfg, interpolation=interpolation_config(base_cfg))
+        converters.update(sd_converters)
+        tokenizers["tokenizer"], sources["sd_dir"] = os.path.join(sd_dir, "tokenizer"), os.path.abspath(sd_dir)
+        unets.update(base=base, interpolation=interpolation)
+    if upscaler_dir is not None:
+        _require_subfolders(upscaler_dir, ("vae", "text_encoder", "tokenizer") + (() if vsr_config else ("unet",)),
+                            "a diffusers stable-diffusion-x4-upscaler folder")
+        # The upscaler's vae/config.json gained its scaling factor in April 2023; diffusers' upscale pipeline
+        # used 0.08333 before that, not AutoencoderKL's default.
+        upscaler_configs, upscaler_converters = _image_model_components(upscaler_dir, "vsr_", dtype,
+                                                                        vae_defaults={"scaling_factor": 0.08333})
+        configs.update(upscaler_configs, vsr=vsr_unet_config(upscaler_dir, vsr_config))
+        converters.update(upscaler_converters)
+        tokenizers["vsr_tokenizer"] = os.path.join(upscaler_dir, "tokenizer")
+        sources["upscaler_dir"] = os.path.abspath(upscaler_dir)
+        unets["vsr"] = vsr
+    for name, path in unets.items():
         if path is not None:
-            converters[name] = functools.partial(
-                lambda progress, name, path: convert_unet(read_state_dict(path), configs[name], dtype=np_dtype,
-                                                          progress=progress), name=name, path=path)
+            converters[name] = functools.partial(_convert_unet_file, path, configs[name], np_dtype)
+    problems = []
+    for name, convert_component in converters.items():
+        try:
+            convert_component(progress=_stop)
+        except _Checked:
+            pass
+        except ConversionError as error:
+            problems.append(f"{name}: {error}")
+    if problems:
+        raise ConversionError("\n".join(problems))
     os.makedirs(out_dir, exist_ok=True)
     for name, convert_component in converters.items():
         with tqdm(desc=f"converting {name}", unit=" tensors", disable=not show_progress) as bar:
-            params = convert_component(lambda path: bar.update())
+            params = convert_component(progress=lambda path: bar.update())
         save_params(os.path.join(out_dir, name), params)
         del params
-    shutil.copytree(os.path.join(sd_dir, "tokenizer"), os.path.join(out_dir, "tokenizer"), dirs_exist_ok=True)
-    manifest = {"source": os.path.abspath(sd_dir), "dtype": dtype, "components": sorted(converters),
+    for name, folder in tokenizers.items():
+        shutil.copytree(folder, os.path.join(out_dir, name), dirs_exist_ok=True)
+    manifest = {"sources": sources, "dtype": dtype, "components": sorted(converters),
                 "configs": {name: cfg.to_dict() for name, cfg in configs.items()}}
     with open(os.path.join(out_dir, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

@@ -77,18 +77,24 @@ def bicubic_upsample(video_nthwc, scale: int) -> np.ndarray:
     return np.clip(np.rint(np.asarray(resized)), 0, 255).astype(np.uint8)
 
 
-def super_resolution_scores(upscale, data_cfg, rate: int, scale: int, num_videos: int, *, seed: int = 0,
-                            batch_size: int = 32, progress: bool = True) -> dict:
+def super_resolution_scores(upscale, data_cfg, rate: int, scale: int, num_videos: int, *, round_trip=None,
+                            seed: int = 0, batch_size: int = 32, progress: bool = True) -> dict:
     """PSNR (dB) and SSIM of the model's frames and of bicubic upsampling against the clip rendered at `scale`
     x the size, on test clips at `rate` x the frame rate. `upscale(low_res_nthwc uint8, captions) -> uint8`
-    is the model under test; its input is the clip at the base size (box-downsampled from the large one)."""
+    is the model under test; its input is the clip at the base size (box-downsampled from the large one).
+    `round_trip(videos uint8) -> uint8`, the super-resolution VAE's encode-decode of the large clips, gives
+    the ceiling of any model that decodes through it ("vae_ceiling_*")."""
     truth, captions = sample_videos(num_videos, "test", seed=seed, num_frames=data_cfg.num_frames,
                                     canvas=data_cfg.canvas, frame_rate=rate, scale=scale)
     n, t, h, w, c = truth.shape
     low_res = np.rint(truth.reshape(n, t, h // scale, scale, w // scale, scale, c).mean(axis=(3, 5))).astype(np.uint8)
     model = _batched(upscale, low_res, captions, batch_size, "upscale", progress)
     scores = {"num_videos": num_videos}
-    for name, video in (("model", model), ("bicubic", bicubic_upsample(low_res, scale))):
+    videos = {"model": model, "bicubic": bicubic_upsample(low_res, scale)}
+    if round_trip is not None:
+        videos["vae_ceiling"] = _batched(lambda clips, _: round_trip(clips), truth, captions, batch_size,
+                                         "reconstruct", progress)
+    for name, video in videos.items():
         scores[f"{name}_psnr"] = float(np.mean(np.minimum(psnr(video, truth), 100.0)))
         scores[f"{name}_ssim"] = float(np.mean(ssim(video.reshape(-1, h, w, c), truth.reshape(-1, h, w, c))))
     return scores

@@ -9,15 +9,16 @@ import jax.numpy as jnp
 from t2v_jax.layers.dense import dense
 
 
-ACTIVATIONS = ("gelu_tanh", "geglu", "quick_gelu")
+ACTIVATIONS = ("gelu_tanh", "gelu", "geglu", "quick_gelu")
 
 
 class FeedForward(nn.Module):
-    """Dense -> tanh-GELU -> Dense (diffusers FeedForward with activation_fn="gelu-approximate"), or
-    with `activation="geglu"` Stable Diffusion's gated form: proj_in gives 2 x hidden features, the
-    first half times the exact GELU of the second, or with `activation="quick_gelu"` OpenAI CLIP's
-    x * sigmoid(1.702 x), which its released weights were trained with (the exact or tanh GELU changes
-    their output measurably). `kernel_init` lets a model keep its own initialiser (RetNet uses Xavier)."""
+    """Dense -> tanh-GELU -> Dense (diffusers FeedForward with activation_fn="gelu-approximate"); with
+    `activation="gelu"` the exact (erf) GELU of OpenCLIP's text towers; with `activation="geglu"` Stable
+    Diffusion's gated form: proj_in gives 2 x hidden features, the first half times the exact GELU of the
+    second; or with `activation="quick_gelu"` OpenAI CLIP's x * sigmoid(1.702 x), which its released weights
+    were trained with (the exact or tanh GELU changes their output measurably). `kernel_init` lets a model
+    keep its own initialiser (RetNet uses Xavier)."""
 
     hidden: int
     activation: str = "gelu_tanh"
@@ -37,5 +38,6 @@ class FeedForward(nn.Module):
             h = proj(self.hidden, ("embed", "mlp"), name="proj_in")(x_bld)
             h = h * nn.sigmoid(1.702 * h)
         else:
-            h = nn.gelu(proj(self.hidden, ("embed", "mlp"), name="proj_in")(x_bld), approximate=True)
+            h = nn.gelu(proj(self.hidden, ("embed", "mlp"), name="proj_in")(x_bld),
+                        approximate=self.activation == "gelu_tanh")
         return proj(x_bld.shape[-1], ("mlp", "embed"), name="proj_out")(h)

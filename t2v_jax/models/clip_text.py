@@ -1,11 +1,13 @@
-"""CLIP's text transformer, the caption encoder of Stable Diffusion 1.x and so of LaVie.
+"""CLIP's text transformer, the caption encoder of Stable Diffusion 1.x and of the x4 upscaler, and so of LaVie.
 
-LaVie conditions its UNet on the last hidden state of SD 1.4's CLIP ViT-L/14 text encoder
-(`clip_vit_l14_config()`); weights come from a transformers `CLIPTextModel` through
+LaVie conditions its base and interpolation UNets on the last hidden state of SD 1.4's CLIP ViT-L/14 text
+encoder (`clip_vit_l14_config()`), and its super-resolution UNet on that of the x4 upscaler's OpenCLIP
+ViT-H/14 (`open_clip_vit_h14_config()`); weights come from a transformers `CLIPTextModel` through
 `t2v_jax.convert.clip`. The architecture, as in `transformers.CLIPTextModel`: token embedding plus a
 learned position embedding, pre-LayerNorm layers of causal self-attention (with biases, 1/sqrt(head_dim)
-scale) and a quick-GELU MLP, then a final LayerNorm. Only `last_hidden_state` is computed: SD reads the
-whole sequence, so the eos-pooled output and the text projection are left out.
+scale) and an MLP (quick-GELU for OpenAI's CLIP, the exact GELU for OpenCLIP's), then a final LayerNorm.
+Only `last_hidden_state` is computed: SD reads the whole sequence, so the eos-pooled output and the text
+projection are left out.
 
 Parameter names follow transformers' module names (`encoder.layers.0.self_attn.q_proj.weight` ->
 `layers_0/self_attn/query/kernel` transposed, `final_layer_norm.weight` -> `final_layer_norm/scale`), so
@@ -27,9 +29,10 @@ def default_config() -> ml_collections.ConfigDict:
     """A tiny encoder that runs on CPU in tests.
 
     Fields: vocab_size; width (hidden_size); num_layers; num_heads (head_dim = width / num_heads);
-    mlp_dim (intermediate_size); max_length (max_position_embeddings: the longest token sequence);
-    layer_norm_eps (of every LayerNorm); attention_implementation (a `t2v_jax.layers.attention` kernel
-    with causal support); dtype / param_dtype (compute / storage).
+    mlp_dim (intermediate_size); activation (hidden_act: the MLP's `FeedForward` activation, "quick_gelu"
+    for OpenAI's CLIP, "gelu" for OpenCLIP's); max_length (max_position_embeddings: the longest token
+    sequence); layer_norm_eps (of every LayerNorm); attention_implementation (a `t2v_jax.layers.attention`
+    kernel with causal support); dtype / param_dtype (compute / storage).
     """
     cfg = ml_collections.ConfigDict()
     cfg.vocab_size = 1000
@@ -37,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.num_layers = 2
     cfg.num_heads = 4
     cfg.mlp_dim = 128
+    cfg.activation = "quick_gelu"
     cfg.max_length = 16
     cfg.layer_norm_eps = 1e-5
     cfg.attention_implementation = "xla"
@@ -58,6 +62,14 @@ def clip_vit_l14_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def open_clip_vit_h14_config() -> ml_collections.ConfigDict:
+    """OpenCLIP ViT-H/14's text tower as the x4 upscaler ships it in `text_encoder/` (23 of its 24 layers, as
+    Stable Diffusion 2 reads the penultimate layer; exact GELU; 340M parameters)."""
+    cfg = clip_vit_l14_config()
+    cfg.update(width=1024, num_layers=23, num_heads=16, mlp_dim=4096, activation="gelu")
+    return cfg
+
+
 def _layer_norm(cfg, name):
     return LayerNorm(cfg.layer_norm_eps, param_dtype=jnp.dtype(cfg.param_dtype), name=name)
 
@@ -74,7 +86,7 @@ class CLIPEncoderLayer(nn.Module):
                               implementation=cfg.attention_implementation, causal=True,
                               dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), name="self_attn")
         x_bld = x_bld + attention(_layer_norm(cfg, "layer_norm1")(x_bld), kv_mask_bs=mask_bl)
-        mlp = FeedForward(cfg.mlp_dim, activation="quick_gelu", dtype=jnp.dtype(cfg.dtype),
+        mlp = FeedForward(cfg.mlp_dim, activation=cfg.activation, dtype=jnp.dtype(cfg.dtype),
                           param_dtype=jnp.dtype(cfg.param_dtype), name="mlp")
         return x_bld + mlp(_layer_norm(cfg, "layer_norm2")(x_bld))
 

@@ -72,7 +72,7 @@ def _import_optional(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(f"T5Tokenizer needs the optional package {module!r} to read this tokenizer: "
+        raise ImportError(f"reading this tokenizer needs the optional package {module!r}: "
                           f"pip install {module}") from error
 
 
@@ -158,6 +158,35 @@ class T5Tokenizer:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text needs, eos included, before any cut."""
         return [len(self.encode(text)) + 1 for text in texts]
+
+
+class CLIPTokenizer:
+    """Stable Diffusion's prompt tokenisation, from a checkpoint's `tokenizer/` folder through transformers'
+    `CLIPTokenizer` (`padding="max_length"`): bos, text, eos, then pad ids up to `max_length` (77).
+
+    The mask is True everywhere: SD's pipelines pass no attention mask, so their text encoder and UNet
+    attend to the padding too, and the released UNets were trained on those states. Pipelines refuse a
+    prompt longer than `max_length` rather than cut it (`token_counts` counts bos and eos)."""
+
+    def __init__(self, tokenizer, max_length: int = 77):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    @classmethod
+    def from_dir(cls, path: str, max_length: int = 77) -> "CLIPTokenizer":
+        if not os.path.isfile(os.path.join(path, "vocab.json")):
+            raise FileNotFoundError(f"{path} is not a CLIP tokenizer folder: no vocab.json")
+        transformers = _import_optional("transformers")
+        return cls(transformers.CLIPTokenizer.from_pretrained(path), max_length)
+
+    def __call__(self, texts: Sequence[str]):
+        """Returns (ids_bl int32, mask_bl bool) numpy arrays."""
+        ids_bl = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
+                                return_tensors="np").input_ids.astype(np.int32)
+        return ids_bl, np.ones(ids_bl.shape, bool)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text needs, bos and eos included, before any cut."""
+        return [len(ids) for ids in self.tokenizer(list(texts)).input_ids]
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -29,8 +29,8 @@ class LaVieCascadePipeline(TextToVideoPipeline):
 
     def __init__(self, config, *, tokenizer, base_params, interpolation_params, vae_params, base_model,
                  interpolation_model, keyframe_condition, vsr=None):
-        """`vsr`: None, or a dict of the super-resolution stage's `params`, `model`, `vae_params` and
-        `low_res_schedule` (from `systems.lavie`)."""
+        """`vsr`: None, or a dict of the super-resolution stage's `params`, `model`, `vae_params`,
+        `low_res_schedule` and `tokenizer` (from `systems.lavie`)."""
         super().__init__(config, tokenizer=tokenizer, text_encoder_params=base_params["text_encoder"],
                          dit_params=base_params["dit"], vae_params=vae_params, model=base_model)
         self.interpolation_model = interpolation_model
@@ -97,7 +97,7 @@ class LaVieCascadePipeline(TextToVideoPipeline):
         def upscale_chunk(_, inputs):
             low_bthwc, noise_bthwc, chunk_rng = inputs
             latents = sample(denoise, vsr["model"].schedule, noise_bthwc, chunk_rng, method=method,
-                             num_steps=num_steps, prediction_type=self.config.diffusion.prediction_type,
+                             num_steps=num_steps, prediction_type=vsr["model"].config.diffusion.prediction_type,
                              cond=(*cond, low_bthwc, levels_b), uncond=(*uncond, low_bthwc, levels_b),
                              guidance_scale=guidance_scale, eta=eta, **spacing_options(vsr_cfg.sampling))
             return None, latents
@@ -111,7 +111,7 @@ class LaVieCascadePipeline(TextToVideoPipeline):
         """uint8 videos `vsr.scale` x the size of `low_res_bthwc` ([-1, 1], base size)."""
         sampling = self.config.vsr.sampling
         prompts = list(prompts)
-        ids_bl, mask_bl = self.tokenize(prompts + [sampling.negative_prompt] * len(prompts))
+        ids_bl, mask_bl = self.vsr["tokenizer"](prompts + [sampling.negative_prompt] * len(prompts))
         embeddings_bld = self.run("encode_vsr", self.vsr["params"]["text_encoder"], (ids_bl, mask_bl),
                                   count=len(ids_bl))
         n = len(prompts)
@@ -121,7 +121,12 @@ class LaVieCascadePipeline(TextToVideoPipeline):
                            (jax.random.fold_in(jax.random.PRNGKey(seed), 2), jnp.float32(sampling.guidance_scale),
                             jnp.float32(sampling.eta)),
                            count=n, method=sampling.method, num_steps=sampling.num_steps)
-        return to_uint8(jax.device_get(self.run("decode_vsr", self.vsr["vae_params"], (latents,), count=n)))
+        return self.decode_vsr(latents)
+
+    def decode_vsr(self, latents_bthwc) -> np.ndarray:
+        """uint8 videos from the super-resolution VAE's latents."""
+        return to_uint8(jax.device_get(self.run("decode_vsr", self.vsr["vae_params"], (latents_bthwc,),
+                                                count=latents_bthwc.shape[0])))
 
     def interpolate(self, prompts, keyframes_bkhwc, *, seed: int = 0):
         """Latents (N, output frames, h, w, c) from keyframe latents (N, K, h, w, c) and their prompts."""

@@ -9,35 +9,26 @@ TPU); T5 v1.1 XXL is loaded for the prompts, run once and freed before the 100-s
 loop starts; the VAE stays float32 and decodes in tiles, as Allegro's own code does.
 """
 
-import json
 import os
 
-import jax
 import ml_collections
 
 from t2v_jax.benchmarks.dit import dit_benchmark
 from t2v_jax.benchmarks.vs_diffusers import vs_diffusers_benchmark
-from t2v_jax.checks import ConfigError
-from t2v_jax.convert.allegro import MANIFEST
 from t2v_jax.diffusion.samplers import sampling_config
 from t2v_jax.models import text_encoder, video_dit, video_vae
 from t2v_jax.models.text_encoder import T5Tokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import mesh_from_config
-from t2v_jax.parallel.rules import sharding_context
 from t2v_jax.pipelines.allegro import NEGATIVE_PROMPT, POSITIVE_TEMPLATE, AllegroPipeline
-from t2v_jax.systems import latent_diffusion
+from t2v_jax.systems import converted, latent_diffusion
 from t2v_jax.systems.base import System
-from t2v_jax.train.checkpoint import abstract_on, load_params
 from t2v_jax.train.stages import VAEStage
 
 # (frames, height, width) each released checkpoint generates; 360p is 368 so that the VAE (x8) and
 # the patch (x2) divide it.
 RESOLUTIONS = {"88x720p": (88, 720, 1280), "40x720p": (40, 720, 1280), "40x360p": (40, 368, 640)}
-# Config fields that say how to run a model rather than what it is: they may differ from the checkpoint.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "remat_policy", "scan_unroll", "dropout", "tile_frames",
-                   "tile_size", "tile_overlap_frames", "tile_overlap")
 
 
 def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:
@@ -76,45 +67,17 @@ def allegro_config(resolution: str = "88x720p") -> ml_collections.ConfigDict:
 
 def check_against_checkpoint(config, checkpoint_configs: dict) -> None:
     """The config must describe the models in the checkpoint; names every field that does not."""
-    sections = {"transformer": ("dit", config.dit), "vae": ("vae", config.vae),
-                "text_encoder": ("text.encoder", config.text.encoder)}
-    mismatches = []
-    for component, stored in sorted(checkpoint_configs.items()):
-        prefix, ours = sections[component]
-        for field, value in sorted(stored.items()):
-            if field in _RUNTIME_FIELDS or field not in ours:
-                continue
-            mine = ours[field]
-            if json.loads(json.dumps(mine)) != json.loads(json.dumps(value)):
-                mismatches.append(f"{prefix}.{field}: config {mine!r}, checkpoint {value!r}")
-    if mismatches:
-        raise ConfigError("the config does not match the converted checkpoint (another resolution's "
-                          "config?): " + "; ".join(mismatches))
-
-
-def _abstract_params(init_fn, mesh, rules, dtype):
-    """ShapeDtypeStructs of a model's {"params": ...} in `dtype`, carrying their mesh shardings, so
-    that orbax restores each array straight onto its devices."""
-    with sharding_context(mesh, rules):
-        boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-        shardings = sharding_rules.state_shardings(boxed, mesh, rules)
-    return abstract_on(sharding_rules.unbox(boxed), shardings, dtype)["params"]
-
+    converted.check_against_checkpoint({"transformer": ("dit", config.dit), "vae": ("vae", config.vae),
+                                        "text_encoder": ("text.encoder", config.text.encoder)}, checkpoint_configs)
 
 
 def load_converted(config, checkpoint_dir: str) -> AllegroPipeline:
     """AllegroPipeline over a converted folder: params restored straight onto their mesh shardings,
     T5 loaded per batch of prompts and freed after encoding."""
-    manifest_path = os.path.join(checkpoint_dir, MANIFEST)
-    if not os.path.isfile(manifest_path):
-        raise FileNotFoundError(f"{manifest_path} is missing: convert the diffusers folder first with "
-                                f"scripts/convert_allegro.py --diffusers-dir DIR --out {checkpoint_dir}")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    manifest = converted.read_manifest(
+        checkpoint_dir, f"scripts/convert_allegro.py --diffusers-dir DIR --out {checkpoint_dir}",
+        required=("transformer", "vae", "text_encoder"))
     check_against_checkpoint(config, manifest["configs"])
-    missing = sorted({"transformer", "vae", "text_encoder"} - set(manifest["components"]))
-    if missing:
-        raise FileNotFoundError(f"{checkpoint_dir} lacks converted component(s) {missing}")
 
     mesh = mesh_from_config(config.mesh)
     rules = sharding_rules.logical_rules(config.mesh.preset)
@@ -127,23 +90,21 @@ def load_converted(config, checkpoint_dir: str) -> AllegroPipeline:
     def init_dit(rng):
         return model.init_params(rng, latents)["dit"]
 
-    text_abstract = _abstract_params(init_text, mesh, rules, config.text.encoder.param_dtype)
-    dit_abstract = _abstract_params(init_dit, mesh, rules, config.dit.param_dtype)
-    vae_abstract = _abstract_params(VAEStage(config).init_params, mesh, rules, "float32")
-
-    def load(component, abstract):
-        return {"params": load_params(os.path.join(checkpoint_dir, component), abstract)}
-
+    text_abstract = converted.abstract_params(init_text, mesh, rules, config.text.encoder.param_dtype)
+    dit_abstract = converted.abstract_params(init_dit, mesh, rules, config.dit.param_dtype)
+    vae_abstract = converted.abstract_params(VAEStage(config).init_params, mesh, rules, "float32")
     tokenizer = T5Tokenizer.from_dir(os.path.join(checkpoint_dir, "tokenizer"),
                                      max_length=config.text.max_length)
     return AllegroPipeline(config, tokenizer=tokenizer,
-                           text_encoder_params=lambda: load("text_encoder", text_abstract),
-                           dit_params=load("transformer", dit_abstract), vae_params=load("vae", vae_abstract))
+                           text_encoder_params=lambda: converted.load_component(checkpoint_dir, "text_encoder",
+                                                                                text_abstract),
+                           dit_params=converted.load_component(checkpoint_dir, "transformer", dit_abstract),
+                           vae_params=converted.load_component(checkpoint_dir, "vae", vae_abstract))
 
 
 def load_pipeline(config, checkpoint: str, *, use_ema: bool = True):
     """A converted folder (it has a manifest), else a `scripts/train.py` workdir of this architecture."""
-    if os.path.isfile(os.path.join(checkpoint, MANIFEST)):
+    if converted.is_converted(checkpoint):
         return load_converted(config, checkpoint)
     return latent_diffusion.load_pipeline(config, checkpoint, use_ema=use_ema)
 

@@ -13,6 +13,8 @@ Sampling: `pipelines/lavie.py` runs the stages in order; the base model alone is
 with the UNet as the denoiser (`config.eval.stage = "base"`).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,14 +25,15 @@ from t2v_jax.diffusion import samplers
 from t2v_jax.diffusion.schedules import add_noise, make_schedule
 from t2v_jax.models import lavie_unet, video_vae
 from t2v_jax.models.lavie_unet import LaVieUNet
-from t2v_jax.models.text_encoder import ByteTokenizer
+from t2v_jax.models.text_encoder import ByteTokenizer, CLIPTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
 from t2v_jax.models.video_vae import VideoVAE, vae_encode
-from t2v_jax.parallel.mesh import mesh_sizes
+from t2v_jax.parallel import rules as sharding_rules
+from t2v_jax.parallel.mesh import mesh_from_config, mesh_sizes
 from t2v_jax.pipelines.lavie import LaVieCascadePipeline
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
-from t2v_jax.systems import latent_diffusion
-from t2v_jax.systems.base import Stage, System, restore_stages
+from t2v_jax.systems import converted, latent_diffusion
+from t2v_jax.systems.base import Stage, System, restore_stages, stage_by_name
 from t2v_jax.train.stages import DiTStage, VAEStage
 
 
@@ -141,10 +144,24 @@ def box_downsample(video_bthwc, factor: int):
     return video_bthwc.reshape(b, t, h // factor, factor, w // factor, factor, c).mean(axis=(3, 5))
 
 
+def vsr_stage_config(config):
+    """`config` with `text` and `diffusion` replaced by `vsr.text` and `vsr.diffusion` where the
+    super-resolution stage names its own (LaVie's VSR encodes prompts with the x4 upscaler's OpenCLIP ViT-H
+    and predicts v; its base model uses CLIP ViT-L and predicts eps)."""
+    own = [section for section in ("text", "diffusion") if section in config.vsr]
+    if not own:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for section in own:
+            config[section] = config.vsr[section]
+    return config
+
+
 def vsr_model(config) -> TextToVideoModel:
     """Its own text encoder and the super-resolution UNet (noisy latents + the noise-augmented low-res video
     in; the noise level embedded as a class label)."""
-    return TextToVideoModel(config, denoiser=LaVieUNet(config.vsr.unet))
+    return TextToVideoModel(vsr_stage_config(config), denoiser=LaVieUNet(config.vsr.unet))
 
 
 def low_res_schedule(config):
@@ -163,7 +180,7 @@ class VSRStage(DiTStage):
     name = "vsr"
 
     def __init__(self, config, vae_params):
-        super().__init__(config, vae_params, vsr_model(config))
+        super().__init__(vsr_stage_config(config), vae_params, vsr_model(config))
         self.vae = VideoVAE(config.vsr.vae)
         self.data_config = self.data_for(config)
         self.low_res_schedule = low_res_schedule(config)
@@ -280,7 +297,7 @@ def validate_vsr(config) -> None:
     require("interpolation" in config, "vsr", "super-resolution follows the interpolation stage: add config.interpolation")
     lavie_unet.validate_config(vsr.unet, "vsr.unet")
     video_vae.validate_config(vsr.vae)
-    samplers.validate_config(config, "vsr.sampling")
+    samplers.validate_config(vsr_stage_config(config), "vsr.sampling")
     require(vsr.num_frames == config.interpolation.num_frames, "vsr.num_frames",
             f"{vsr.num_frames} disagrees with interpolation.num_frames={config.interpolation.num_frames}: "
             "super-resolution upscales the interpolated frames")
@@ -296,17 +313,19 @@ def validate_vsr(config) -> None:
             f"latent and the RGB low-resolution frames, {latent + 3} channels")
     require(vsr.unet.out_channels == latent, "vsr.unet.out_channels",
             f"{vsr.unet.out_channels} disagrees with vsr.vae.latent_channels={latent}")
-    require(vsr.unet.cross_attention_dim == config.text.encoder.width, "vsr.unet.cross_attention_dim",
-            f"{vsr.unet.cross_attention_dim} disagrees with text.encoder.width={config.text.encoder.width}")
+    text_field = "vsr.text" if "text" in vsr else "text"
+    text_width = vsr_stage_config(config).text.encoder.width
+    require(vsr.unet.cross_attention_dim == text_width, "vsr.unet.cross_attention_dim",
+            f"{vsr.unet.cross_attention_dim} disagrees with {text_field}.encoder.width={text_width}")
     require(0 <= vsr.noise_level < vsr.max_noise_level <= vsr.unet.num_class_embeds, "vsr.noise_level",
             f"needs 0 <= vsr.noise_level ({vsr.noise_level}) < vsr.max_noise_level ({vsr.max_noise_level}) <= "
             f"vsr.unet.num_class_embeds ({vsr.unet.num_class_embeds})")
     require(0 < vsr.chunk_frames <= vsr.num_frames, "vsr.chunk_frames",
             f"must be in [1, vsr.num_frames={vsr.num_frames}], got {vsr.chunk_frames}")
     factor = lavie_unet.spatial_compression(vsr.unet)
-    latent_size = config.data.canvas
-    require(latent_size % factor == 0, "vsr.unet.block_out_channels",
-            f"the {latent_size}x{latent_size} latent must divide by {factor}")
+    height, width = video_size(config.data)
+    require(height % factor == 0 and width % factor == 0, "vsr.unet.block_out_channels",
+            f"the {height}x{width} latent (the low-resolution frames' size) must divide by {factor}")
 
 
 def stages(config) -> tuple[Stage, ...]:
@@ -323,25 +342,87 @@ def stages(config) -> tuple[Stage, ...]:
     return graph
 
 
+def _samples_cascade(config) -> bool:
+    return "interpolation" in config and config.get("eval", {}).get("stage", "cascade") != "base"
+
+
+def _pipeline(config, params, tokenizer, vsr_tokenizer=None):
+    """The cascade (base -> interpolation [-> super-resolution]) when the config has those stages and
+    `config.eval.stage` is not "base", else the base model's pipeline; `params` holds each stage's
+    ({"text_encoder", "dit"} for the UNet stages)."""
+    if not _samples_cascade(config):
+        return TextToVideoPipeline(config, tokenizer=tokenizer, text_encoder_params=params["base"]["text_encoder"],
+                                   dit_params=params["base"]["dit"], vae_params=params["vae"],
+                                   model=base_model(config))
+    vsr = None
+    if "vsr" in config:
+        model = vsr_model(config)
+        vsr = dict(params=params["vsr"], model=model, vae_params=params["vsr_vae"],
+                   low_res_schedule=low_res_schedule(config), tokenizer=vsr_tokenizer or model.tokenizer)
+    return LaVieCascadePipeline(config, tokenizer=tokenizer, base_params=params["base"],
+                                interpolation_params=params["interpolation"], vae_params=params["vae"],
+                                base_model=base_model(config), interpolation_model=interpolation_model(config),
+                                keyframe_condition=lambda keyframes: interpolation_condition(
+                                    keyframes, config.interpolation.frame_rate), vsr=vsr)
+
+
+def load_converted(config, checkpoint_dir: str):
+    """The pipeline over a folder `scripts/convert_lavie.py` wrote: each component restored straight onto its
+    mesh shardings, the prompts tokenised by the folder's CLIP tokenizers. The interpolation model shares the
+    base model's text encoder (LaVie's does); the super-resolution model has the x4 upscaler's."""
+    cascade = _samples_cascade(config)
+    vsr = cascade and "vsr" in config
+    required = ("vae", "text_encoder", "base") + (("interpolation",) if cascade else ()) + (
+        ("vsr_vae", "vsr_text_encoder", "vsr") if vsr else ())
+    manifest = converted.read_manifest(
+        checkpoint_dir, f"scripts/convert_lavie.py --sd-dir SD14 --base lavie_base.pt --out {checkpoint_dir}",
+        required=required)
+    sections = {"vae": ("vae", config.vae), "text_encoder": ("text.encoder", config.text.encoder),
+                "base": ("unet", config.unet)}
+    if cascade:
+        sections["interpolation"] = ("interpolation.unet", config.interpolation.unet)
+    if vsr:
+        sections.update(vsr_vae=("vsr.vae", config.vsr.vae), vsr=("vsr.unet", config.vsr.unet),
+                        vsr_text_encoder=("vsr.text.encoder", vsr_stage_config(config).text.encoder))
+    converted.check_against_checkpoint(sections, {name: manifest["configs"][name] for name in required})
+
+    mesh = mesh_from_config(config.mesh)
+    rules = sharding_rules.logical_rules(config.mesh.preset)
+    unet_dtype = manifest["dtype"]
+
+    def load(component, init_fn, dtype="float32"):
+        return converted.load_component(checkpoint_dir, component,
+                                        converted.abstract_params(init_fn, mesh, rules, dtype))
+
+    def load_unet_stage(stage, unet_component, text_component):
+        return {"text_encoder": load(text_component, lambda rng: stage.init_params(rng)["text_encoder"]),
+                "dit": load(unet_component, lambda rng: stage.init_params(rng)["dit"], unet_dtype)}
+
+    params = {"vae": load("vae", VAEStage(config).init_params),
+              "base": load_unet_stage(BaseStage(config, None), "base", "text_encoder")}
+    if cascade:
+        params["interpolation"] = {"text_encoder": params["base"]["text_encoder"],
+                                   "dit": load("interpolation", lambda rng: InterpolationStage(config, None)
+                                               .init_params(rng)["dit"], unet_dtype)}
+    vsr_tokenizer = None
+    if vsr:
+        vsr_vae_stage = stage_by_name(stages(config), "vsr_vae").build(config, {})
+        params["vsr_vae"] = load("vsr_vae", vsr_vae_stage.init_params)
+        params["vsr"] = load_unet_stage(VSRStage(config, None), "vsr", "vsr_text_encoder")
+        vsr_tokenizer = CLIPTokenizer.from_dir(os.path.join(checkpoint_dir, "vsr_tokenizer"),
+                                               vsr_stage_config(config).text.max_length)
+    tokenizer = CLIPTokenizer.from_dir(os.path.join(checkpoint_dir, "tokenizer"), config.text.max_length)
+    return _pipeline(config, params, tokenizer, vsr_tokenizer)
+
+
 def load_pipeline(config, checkpoint: str, *, use_ema: bool = True):
-    """From a `scripts/train.py` workdir: the cascade (base -> interpolation [-> super-resolution]) when the
-    config has those stages and `config.eval.stage` is not "base", else the base model's pipeline."""
-    if "interpolation" in config and config.get("eval", {}).get("stage", "cascade") != "base":
-        names = ["base", "interpolation"] + (["vsr"] if "vsr" in config else [])
-        params = restore_stages(config, stages(config), checkpoint, names, use_ema=use_ema)
-        vsr = None
-        if "vsr" in config:
-            vsr = dict(params=params["vsr"], model=vsr_model(config), vae_params=params["vsr_vae"],
-                       low_res_schedule=low_res_schedule(config))
-        return LaVieCascadePipeline(config, tokenizer=ByteTokenizer(config.text.max_length), base_params=params["base"],
-                                    interpolation_params=params["interpolation"], vae_params=params["vae"],
-                                    base_model=base_model(config), interpolation_model=interpolation_model(config),
-                                    keyframe_condition=lambda keyframes: interpolation_condition(
-                                        keyframes, config.interpolation.frame_rate), vsr=vsr)
-    params = restore_stages(config, stages(config), checkpoint, ["base"], use_ema=use_ema)
-    return TextToVideoPipeline(config, tokenizer=ByteTokenizer(config.text.max_length),
-                               text_encoder_params=params["base"]["text_encoder"], dit_params=params["base"]["dit"],
-                               vae_params=params["vae"], model=base_model(config))
+    """From a `scripts/train.py` workdir or a folder `scripts/convert_lavie.py` wrote: the cascade when the
+    config has its stages and `config.eval.stage` is not "base", else the base model's pipeline."""
+    if converted.is_converted(checkpoint):
+        return load_converted(config, checkpoint)
+    names = ["base"] + (["interpolation"] + (["vsr"] if "vsr" in config else []) if _samples_cascade(config) else [])
+    params = restore_stages(config, stages(config), checkpoint, names, use_ema=use_ema)
+    return _pipeline(config, params, ByteTokenizer(config.text.max_length))
 
 
 def sampling_summary(config) -> str:
@@ -351,6 +432,10 @@ def sampling_summary(config) -> str:
         i = config.interpolation.sampling
         summary += f"; interpolation x{config.interpolation.frame_rate}: {i.method}, {i.num_steps} steps, " \
                    f"guidance {i.guidance_scale}"
+    if "vsr" in config:
+        v = config.vsr.sampling
+        summary += f"; super-resolution x{config.vsr.scale}: {v.method}, {v.num_steps} steps, guidance " \
+                   f"{v.guidance_scale}, chunks of {config.vsr.chunk_frames} frames"
     return summary
 
 
