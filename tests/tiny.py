@@ -67,3 +67,17 @@ def tiny_lavie_config(data_dir: str):
         sampling.num_steps = 2
     config.eval.num_prompts = 4
     return config
+
+
+def tiny_malt_config(data_dir: str):
+    """configs/malt_digits.py on tiny_config's VAE, text encoder and DiT: 2 memory tokens per layer, training
+    videos of 3 segments."""
+    config = load_config("malt_digits")
+    tiny = tiny_config(data_dir)
+    for section in ("data", "vae", "text", "sampling", "train_vae", "eval"):
+        config[section] = tiny[section]
+    config.dit = tiny.dit
+    config.dit.memory_tokens = 2
+    config.malt.update(train_segments=3, truncation=2, train_size=16, num_segments=2)
+    config.train_malt.update(num_steps=4, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2)
+    return config

@@ -434,3 +434,26 @@ class BouncingDigits(tfds.core.GeneratorBasedBuilder):
             rng = example_rng(config.seed, split, index)
             yield index, sample_example(rng, split, num_frames=config.num_frames, canvas=config.canvas,
                                         frame_rate=config.frame_rate, scale=config.scale)
+
+
+class LongVideoSource:
+    """A grain RandomAccessDataSource of long videos rendered on the fly (MALT's training data): record
+    `index` is `sample_long_example(example_rng(seed, split, index))` as the loader reads a clip, with
+    "video" (S * F, H, W, 3) uint8, "caption" the S segment captions joined by newlines (bytes, as tfds gives
+    text), and the digit and colour labels. Nothing is written to disk, so any length trains."""
+
+    def __init__(self, num_videos, split, *, seed, num_segments, segment_frames, canvas):
+        validate_long_geometry(num_segments, segment_frames, canvas)
+        self.num_videos, self.split, self.seed = num_videos, split, seed
+        self.geometry = dict(num_segments=num_segments, segment_frames=segment_frames, canvas=canvas)
+
+    def __len__(self):
+        return self.num_videos
+
+    def __getitem__(self, index):
+        example = sample_long_example(example_rng(self.seed, self.split, int(index)), self.split, **self.geometry)
+        return {"video": example["video"], "caption": "\n".join(example["captions"]).encode("utf-8"),
+                "digit": example["digit"], "colour": example["colour"]}
+
+    def __repr__(self):
+        return f"LongVideoSource({self.num_videos} {self.split} videos, {self.geometry}, seed {self.seed})"

@@ -470,7 +470,9 @@ class Attention(nn.Module):
     With `cache` (a `KVCache`, self-attention only) the call returns `(out, new_cache)`: a
     multi-token call prefills an empty cache causally, a one-token call decodes.
     `out_kernel_init` lets a model zero-initialise the output (LaVie's temporal attention);
-    `scale=None` is 1/sqrt(head_dim), T5 uses 1.0."""
+    `scale=None` is 1/sqrt(head_dim), T5 uses 1.0. `memory_bmd` (self-attention only) are tokens every
+    query attends to besides the sequence, as Transformer-XL's cached states and MALT's memory: keys and
+    values through the same projections, without position rotation, never masked."""
 
     num_heads: int
     head_dim: int
@@ -489,12 +491,20 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_bld, context_bsd=None, *, kv_mask_bs=None, bias_bhls=None, rope=None,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None, memory_bmd=None):
         if rope is not None and context_bsd is not None:
             raise ValueError("rope applies to self-attention only; got a context for cross-attention")
         if cache is not None and (context_bsd is not None or kv_mask_bs is not None or bias_bhls is not None):
             raise ValueError("a KV cache serves causal self-attention only (no context, mask or bias)")
+        if memory_bmd is not None and (context_bsd is not None or cache is not None or self.causal
+                                       or bias_bhls is not None):
+            raise ValueError("memory tokens join non-causal self-attention only (no context, cache or bias)")
         source_bsd = x_bld if context_bsd is None else context_bsd
+        memory_tokens = 0 if memory_bmd is None else memory_bmd.shape[1]
+        if memory_tokens:
+            source_bsd = jnp.concatenate([memory_bmd.astype(x_bld.dtype), x_bld], axis=1)
+            if kv_mask_bs is not None:
+                kv_mask_bs = jnp.concatenate([jnp.ones(memory_bmd.shape[:2], bool), kv_mask_bs], axis=1)
         inner = self.num_heads * self.head_dim
 
         proj = functools.partial(dense, use_bias=self.use_bias, dtype=self.dtype,
@@ -510,7 +520,10 @@ class Attention(nn.Module):
         if rope is not None:
             cos_ld, sin_ld, num_chunks = rope
             q_blhd = apply_rope(q_blhd, cos_ld, sin_ld, num_chunks=num_chunks, interleaved=self.rope_interleaved)
-            k_bshd = apply_rope(k_bshd, cos_ld, sin_ld, num_chunks=num_chunks, interleaved=self.rope_interleaved)
+            rotated_bshd = apply_rope(k_bshd[:, memory_tokens:], cos_ld, sin_ld, num_chunks=num_chunks,
+                                      interleaved=self.rope_interleaved)
+            k_bshd = (jnp.concatenate([k_bshd[:, :memory_tokens], rotated_bshd], axis=1) if memory_tokens
+                      else rotated_bshd)
         out_features = self.out_features or x_bld.shape[-1]
         out_bias = self.use_bias if self.out_bias is None else self.out_bias
         out = dense(out_features, ("heads", "embed"), use_bias=out_bias, kernel_init=self.out_kernel_init,
@@ -522,5 +535,5 @@ class Attention(nn.Module):
         o_blhd = attention(q_blhd, k_bshd, v_bshd, kv_mask_bs=kv_mask_bs, bias_bhls=bias_bhls,
                            causal=self.causal, implementation=self.implementation,
                            chunk_size=self.chunk_size, scale=self.scale,
-                           sequence_parallel=context_bsd is None)
+                           sequence_parallel=context_bsd is None and not memory_tokens)
         return out(o_blhd.reshape(o_blhd.shape[:-2] + (inner,)))

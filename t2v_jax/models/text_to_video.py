@@ -83,5 +83,7 @@ class TextToVideoModel:
         mask = jnp.ones((1, length), bool)
         text_params = self.text_encoder.init(text_rng, ids, mask)
         context = jnp.zeros((1, length, self.config.text.encoder.width))
-        dit_params = self.dit.init(dit_rng, jnp.zeros((1, *latent_thwc)), jnp.zeros((1,)), context, mask)
+        # A denoiser whose parameters more than one pass creates (MALT's memory) names the pass that makes all.
+        dit_params = self.dit.init(dit_rng, jnp.zeros((1, *latent_thwc)), jnp.zeros((1,)), context, mask,
+                                   method=getattr(type(self.dit), "init_all", None))
         return {"text_encoder": text_params, "dit": dit_params}

@@ -124,12 +124,17 @@ class CaptionProjection(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """One Allegro transformer block; the (carry, None) return is the `nn.scan` contract."""
+    """One Allegro transformer block; the (carry, output) return is the `nn.scan` contract.
+
+    `memory_bmd` (MALT's memory of this layer) joins the self-attention's keys and values, normalised as the
+    tokens are but without modulation or position. With `emit_hidden` the block also returns its input
+    tokens, which a recurrent memory reads (MALT), else None."""
 
     config: Any
+    emit_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x_bld, context_bsd, context_mask_bs, modulation_b6w, cos_ld, sin_ld):
+    def __call__(self, x_bld, context_bsd, context_mask_bs, modulation_b6w, cos_ld, sin_ld, memory_bmd=None):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
         width = cfg.width
@@ -143,8 +148,11 @@ class DiTBlock(nn.Module):
                                       implementation=cfg.attention, dtype=dtype,
                                       param_dtype=param_dtype)
 
-        h_bld = modulate(LayerNorm(eps=1e-6, use_affine=False, name="norm1")(x_bld), shift_msa, scale_msa)
-        x_bld = x_bld + gate_msa * attention(name="attn1")(h_bld, rope=(cos_ld, sin_ld, 3))
+        input_bld = x_bld
+        norm1 = LayerNorm(eps=1e-6, use_affine=False, name="norm1")
+        h_bld = modulate(norm1(x_bld), shift_msa, scale_msa)
+        memory_bmd = None if memory_bmd is None else norm1(memory_bmd.astype(dtype))
+        x_bld = x_bld + gate_msa * attention(name="attn1")(h_bld, rope=(cos_ld, sin_ld, 3), memory_bmd=memory_bmd)
         # PixArt zero-initialises the cross-attention output so training starts unconditioned.
         x_bld = x_bld + attention(out_kernel_init=nn.initializers.zeros_init(), name="attn2")(
             x_bld, context_bsd, kv_mask_bs=context_mask_bs)
@@ -152,11 +160,13 @@ class DiTBlock(nn.Module):
         h_bld = FeedForward(int(width * cfg.mlp_ratio), dtype=dtype, param_dtype=param_dtype,
                             name="ff")(h_bld)
         x_bld = x_bld + gate_mlp * h_bld
-        return nn.with_logical_constraint(x_bld, ("batch", "length", "embed")), None
+        return nn.with_logical_constraint(x_bld, ("batch", "length", "embed")), (input_bld if self.emit_hidden
+                                                                                 else None)
 
 
-def block_stack(config):
-    """The scanned (and, unless remat_policy is "none", rematerialised) DiTBlock class."""
+def block_stack(config, *, memory: bool = False):
+    """The scanned (and, unless remat_policy is "none", rematerialised) DiTBlock class; with `memory`, each
+    layer also takes its own slice of a (layers, B, M, width) memory."""
     if config.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"remat_policy {config.remat_policy!r} is unknown; choose one of "
                          f"{list(REMAT_POLICIES)}")
@@ -164,7 +174,7 @@ def block_stack(config):
     if config.remat_policy != "none":
         block = nn.remat(block, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=False)
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(nn.broadcast,) * 5, length=config.num_layers,
+                   in_axes=(nn.broadcast,) * 5 + ((0,) if memory else ()), length=config.num_layers,
                    unroll=min(config.get("scan_unroll", 1), config.num_layers),
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
@@ -174,12 +184,16 @@ class VideoDiT(nn.Module):
 
     What the prediction means (eps, v, flow) is the diffusion config's business. `deterministic`
     is part of the shared denoiser signature; Allegro has no dropout, so it changes nothing here.
+    `memory_lbmd` (layers, B, M, width): tokens each layer's self-attention also attends to (MALT's
+    memory, `models/malt.py`); `return_hidden` returns every layer's input tokens (layers, B, L, width)
+    instead of the prediction, for a memory to read.
     """
 
     config: Any
 
     @nn.compact
-    def __call__(self, x_bthwc, t_b, context_bld, context_mask_bl=None, *, deterministic: bool = True):
+    def __call__(self, x_bthwc, t_b, context_bld, context_mask_bl=None, *, deterministic: bool = True,
+                 memory_lbmd=None, return_hidden: bool = False):
         cfg = self.config
         dtype, param_dtype = _dtypes(cfg)
         width = cfg.width
@@ -210,8 +224,12 @@ class VideoDiT(nn.Module):
                                                     name="adaln_single")(t_b, pooled_bw)
         cos_ld, sin_ld = rope_3d(grid_thw, head_dim(cfg), theta=cfg.rope_theta,
                                  interpolation_scale=tuple(cfg.rope_interpolation_scale))
-        tokens_bld, _ = block_stack(cfg)(cfg, name="blocks")(
-            tokens_bld, context_bsd, context_mask_bl, modulation_b6w, cos_ld, sin_ld)
+        memory_args = () if memory_lbmd is None else (memory_lbmd,)
+        tokens_bld, hidden_lbld = block_stack(cfg, memory=memory_lbmd is not None)(
+            cfg, emit_hidden=return_hidden, name="blocks")(
+            tokens_bld, context_bsd, context_mask_bl, modulation_b6w, cos_ld, sin_ld, *memory_args)
+        if return_hidden:
+            return hidden_lbld
 
         table_2w = self.param("scale_shift_table",
                               nn.with_logical_partitioning(_table_init(width), (None, "embed")),

@@ -25,17 +25,19 @@ PRESETS = {
         ("embed", "fsdp"),
         ("conv_out", "fsdp"),
     ),
-    # Megatron tensor parallelism: heads and mlp split over tensor.
+    # Megatron tensor parallelism: heads and mlp split over tensor; a recurrent memory's tokens (MALT) too.
     "tp": (
         ("batch", BATCH_AXES),
         ("heads", "tensor"),
         ("mlp", "tensor"),
+        ("memory", "tensor"),
     ),
     "fsdp_tp": (
         ("batch", BATCH_AXES),
         ("embed", "fsdp"),
         ("heads", "tensor"),
         ("mlp", "tensor"),
+        ("memory", "tensor"),
     ),
     # Sequence (context) parallelism: video tokens split over context, params as fsdp.
     "context": (

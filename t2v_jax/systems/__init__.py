@@ -6,10 +6,11 @@ summary and benchmark) plus its model files and configs, and one entry in `SYSTE
 """
 
 from t2v_jax.checks import one_of
-from t2v_jax.systems import allegro, flashvideo, latent_diffusion, lavie
+from t2v_jax.systems import allegro, flashvideo, latent_diffusion, lavie, malt
 from t2v_jax.systems.base import BenchmarkOptions, Stage, System
 
-SYSTEMS = {system.name: system for system in (latent_diffusion.SYSTEM, allegro.SYSTEM, flashvideo.SYSTEM, lavie.SYSTEM)}
+SYSTEMS = {system.name: system for system in (latent_diffusion.SYSTEM, allegro.SYSTEM, flashvideo.SYSTEM, lavie.SYSTEM,
+                                              malt.SYSTEM)}
 DEFAULT_SYSTEM = "latent_diffusion"
 
 __all__ = ["SYSTEMS", "BenchmarkOptions", "Stage", "System", "get"]
