@@ -11,24 +11,15 @@ Sizes:    interpolation UNet 909,131,524 parameters (in_channels 8: noisy latent
 Sampling: interpolation as LaVie's interpolation/configs/sample.yaml: DDIM, 50 steps, guidance 4.
 """
 
-import importlib.util
-import os
-
+from t2v_jax.config import sibling_config
 from t2v_jax.diffusion.samplers import sampling_config
 from t2v_jax.models import lavie_unet
 from t2v_jax.train.trainer import train_config
 
 
-def _base_config():
-    spec = importlib.util.spec_from_file_location("lavie_base", os.path.join(os.path.dirname(__file__), "lavie_base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config(arg: str | None = None):
     del arg
-    config = _base_config()
+    config = sibling_config(__file__, "lavie_base")
     config.interpolation = dict(frame_rate=4, num_frames=61)
     config.interpolation.unet = lavie_unet.interpolation_config(config.unet)
     config.interpolation.sampling = sampling_config(method="ddim", num_steps=50, guidance_scale=4.0,

@@ -17,15 +17,14 @@ Sampling: super-resolution as LaVie's vsr/sample.py: in independent 8-frame chun
           steps_offset 1, set_alpha_to_one False (`vsr.diffusion`, `vsr.sampling`).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from t2v_jax.config import sibling_config
 from t2v_jax.convert.sd_vae import vae_config_from_diffusers_kl
 from t2v_jax.diffusion.samplers import sampling_config
 from t2v_jax.models import clip_text, lavie_unet
 from t2v_jax.train.trainer import train_config
+
 
 # The x4 upscaler's vae/config.json.
 X4_UPSCALER_VAE = dict(block_out_channels=[128, 256, 512], layers_per_block=2, latent_channels=4, norm_num_groups=32,
@@ -33,17 +32,9 @@ X4_UPSCALER_VAE = dict(block_out_channels=[128, 256, 512], layers_per_block=2, l
                        up_block_types=["UpDecoderBlock2D"] * 3)
 
 
-def _interpolation_config():
-    spec = importlib.util.spec_from_file_location(
-        "lavie_interpolation", os.path.join(os.path.dirname(__file__), "lavie_interpolation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config(arg: str | None = None):
     del arg
-    config = _interpolation_config()
+    config = sibling_config(__file__, "lavie_interpolation")
     chunk_frames = 8
     config.vsr = ml_collections.ConfigDict(dict(
         scale=4, canvas=4 * config.data.canvas, num_frames=config.interpolation.num_frames, chunk_frames=chunk_frames,

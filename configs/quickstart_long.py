@@ -13,23 +13,14 @@ run was measured (pinned below): the video VAE with its temporal blocks, trained
 videos for 1500 steps, a two-layer text encoder, a patch-1 DiT at lr 1e-3 for 6000 steps, and 50 DDIM steps.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _quickstart_config() -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")
-    spec = importlib.util.spec_from_file_location("quickstart", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from t2v_jax.config import sibling_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = _quickstart_config()
+    config = sibling_config(__file__, "quickstart")
     config.vae.temporal_layers = True
     config.train_vae.update(num_steps=1500, batch_size=32, frames_per_video=2)
     config.dit.patch_thw = (1, 1, 1)

@@ -5,6 +5,9 @@ that is wrong and what is allowed, so that a bad flag on the command line fails 
 readable message instead of deep inside XLA.
 """
 
+import importlib.util
+import os
+
 import jax
 
 from t2v_jax import systems
@@ -15,3 +18,14 @@ def validate(config, num_devices: int | None = None):
     models or compiling. `num_devices` defaults to all of JAX's devices."""
     systems.get(config).validate(config, num_devices or jax.device_count())
     return config
+
+
+def sibling_config(config_file: str, name: str):
+    """`get_config()` of configs/NAME.py next to `config_file` (pass `__file__`): how a config builds on
+    another (the released cascade on its base, a long run on the quickstart)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
