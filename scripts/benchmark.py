@@ -5,11 +5,13 @@ under t2v_jax/benchmarks/; the commands behind every published figure are in BEN
   python scripts/benchmark.py --config configs/quickstart.py --out benchmark.json   # DiT train step + sampling
   python scripts/benchmark.py --config CONFIG --vs_diffusers                        # DiT step vs the reference
   python scripts/benchmark.py --config CONFIG --lengths 256,16384                   # decoding benchmarks
+  python scripts/benchmark.py --config configs/malt_digits.py --segments 4,16,64      # any-length generation
 
 A diffusion system times one DiT train step (against full rematerialisation) and one whole sampling
 run (one scanned jit against a per-step Python loop); --vs_diffusers times one denoising step against
 diffusers' implementation of the same model. An autoregressive system times recurrent decoding against
-a KV-cache twin at each of --lengths. TFLOP/s counts model FLOPs (t2v_jax/parallel/flops.py); MFU is
+a KV-cache twin at each of --lengths. A long-video system compiles its generation program at each of
+--segments and reports its memory and time per segment against the smallest count. TFLOP/s counts model FLOPs (t2v_jax/parallel/flops.py); MFU is
 printed only where the device's peak is known.
 """
 
@@ -35,6 +37,7 @@ _VS_DIFFUSERS = flags.DEFINE_bool("vs_diffusers", False, "Time one DiT denoising
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "Decoding benchmarks: total sequence lengths.")
 _DECODE_STEPS = flags.DEFINE_integer("decode_steps", 128, "Decoding benchmarks: tokens decoded (and timed) at the end of "
                                      "each length.")
+_SEGMENTS = flags.DEFINE_list("segments", ["4", "16", "64"], "Any-length generation (MALT): segment counts.")
 _DECODE_BATCH = flags.DEFINE_integer("decode_batch", 1, "Decoding benchmarks: sequences decoded at once.")
 flags.mark_flags_as_required(["config"])
 
@@ -52,7 +55,7 @@ def main(argv):
     options = systems.BenchmarkOptions(
         repeats=_REPEATS.value, skip_baselines=_SKIP_BASELINES.value, vs_diffusers=_VS_DIFFUSERS.value,
         lengths=tuple(int(n) for n in _LENGTHS.value), decode_steps=_DECODE_STEPS.value,
-        decode_batch=_DECODE_BATCH.value)
+        decode_batch=_DECODE_BATCH.value, segments=tuple(int(n) for n in _SEGMENTS.value))
     result = dict(date=datetime.date.today().isoformat(), system=system.name, device=jax.devices()[0].device_kind,
                   backend=jax.default_backend(), num_devices=jax.device_count(), host=platform.node(),
                   jax=jax.__version__, **system.benchmark(config, options))

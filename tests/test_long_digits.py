@@ -6,6 +6,7 @@ import pytest
 from t2v_jax.data import bouncing_digits as bd
 from t2v_jax.eval import judge as judge_lib
 from t2v_jax.eval import long_video
+from tiny import load_config
 
 SEGMENT_FRAMES, CANVAS = 8, 16
 NUM_JUDGED, JUDGED_SEGMENTS = 20, 12
@@ -163,3 +164,25 @@ def test_long_video_scoring_checks_its_inputs(judge, judged_videos):
         long_video.identity_consistency(judge, videos_nthwc[:2], SEGMENT_FRAMES, captions[:1])
     with pytest.raises(ValueError, match="at least 2 segments"):
         long_video.boundary_jump(videos_nthwc[:, :SEGMENT_FRAMES], SEGMENT_FRAMES)
+
+
+def test_generate_and_judge_long_scores_a_model_on_test_stories():
+    """The rendered stories as the "model" score ~100% on every segment; a model that draws nothing scores 0
+    and is not consistent; the videos reach the model in fixed-size batches with their captions."""
+    data = load_config("malt_digits").data
+    truth, captions = bd.sample_long_videos(5, "test", seed=3, num_segments=3, segment_frames=data.num_frames,
+                                            canvas=data.canvas)
+    calls = []
+
+    def render(captions_ns, seed):
+        calls.append((len(captions_ns), seed))
+        index = [captions.index(c) if c in captions else 0 for c in captions_ns]
+        return truth[index]
+
+    scores = long_video.generate_and_judge_long(render, data, 5, 3, seed=3, batch_size=4, progress=False)
+    assert calls == [(4, 3), (4, 7)]
+    assert min(scores["segment_scores"]["all"]) >= 0.95 and scores["identity_consistency"] >= 0.99
+    assert scores["boundary_jump"]["ratio"] == pytest.approx(1.0)
+    blank = long_video.generate_and_judge_long(lambda c, s: np.zeros((len(c),) + truth.shape[1:], np.uint8), data, 5,
+                                               3, seed=3, batch_size=4, progress=False)
+    assert max(blank["segment_scores"]["all"]) == 0 and blank["identity_consistency"] == 0

@@ -10,9 +10,7 @@ import pytest
 from t2v_jax.checks import ConfigError
 from t2v_jax.config import validate
 from t2v_jax.models.malt import MALTDiT
-from t2v_jax.pipelines.malt import MALTPipeline
-from t2v_jax.models.text_encoder import ByteTokenizer
-from t2v_jax.systems.malt import MALTStage, load_state, malt_model, save_state
+from t2v_jax.systems.malt import MALTStage, load_state, pipeline_from_params, save_state
 from t2v_jax.train.stages import VAEStage
 from tiny import tiny_malt_config
 
@@ -20,9 +18,9 @@ from tiny import tiny_malt_config
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     config = validate(tiny_malt_config(str(tmp_path_factory.mktemp("data"))), num_devices=1)
-    vae_params = VAEStage(config).init_params(jax.random.key(0))
+    vae_params = nn.unbox(jax.jit(VAEStage(config).init_params)(jax.random.key(0)))
     stage = MALTStage(config, vae_params)
-    params = nn.unbox(stage.init_params(jax.random.key(1)))
+    params = nn.unbox(jax.jit(stage.init_params)(jax.random.key(1)))
     # Training starts from a zero output projection; perturb every weight so that each input shows.
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(2), len(leaves))
@@ -42,7 +40,8 @@ def test_the_denoiser_reads_the_memory_and_the_update_reads_the_segment(setup):
     config, stage, params, _ = setup
     dit = stage.model.dit
     x = jax.random.normal(jax.random.key(3), (2, 8, 4, 4, 8))
-    t, context, mask = jnp.array([100.0, 700.0]), jax.random.normal(jax.random.key(4), (2, 5, 16)), jnp.ones((2, 5), bool)
+    t, mask = jnp.array([100.0, 700.0]), jnp.ones((2, 5), bool)
+    context = jax.random.normal(jax.random.key(4), (2, 5, 16))
     memory = dit.apply(params["dit"], 2, method=MALTDiT.initial_memory)
     assert memory.shape == (1, 2, 2, 12)
     updated = dit.apply(params["dit"], x, t, context, mask, memory, method=MALTDiT.update_memory)
@@ -52,6 +51,7 @@ def test_the_denoiser_reads_the_memory_and_the_update_reads_the_segment(setup):
     assert np.abs(before - after).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("truncation, reaches_update", [(1, False), (2, True)])
 def test_truncation_stops_the_memory_gradient(setup, truncation, reaches_update):
     """With truncation 1 every written memory is cut from the graph, so the memory update learns nothing;
@@ -60,22 +60,17 @@ def test_truncation_stops_the_memory_gradient(setup, truncation, reaches_update)
     config = config.copy_and_resolve_references()
     config.malt.truncation = truncation
     stage = MALTStage(config, vae_params)
-    grads = jax.grad(lambda p: stage.loss_fn(p, _batch(stage), jax.random.key(5))[0])(params)
+    batch = _batch(stage)
+    grads = jax.grad(lambda p: stage.loss_fn(p, batch, jax.random.key(5))[0])(params)
     update_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["dit"]["params"]["memory_update"]))
     init_norm = float(jnp.abs(grads["dit"]["params"]["memory_init"]).sum())
     assert init_norm > 0 and (update_norm > 0) == reaches_update
 
 
-def _pipeline(config, params, vae_params):
-    return MALTPipeline(config, tokenizer=ByteTokenizer(config.text.max_length),
-                        text_encoder_params=params["text_encoder"], dit_params=params["dit"], vae_params=vae_params,
-                        model=malt_model(config))
-
-
 def test_generation_continues_from_a_saved_state(setup, tmp_path):
     """Two segments, the state through orbax, two more: the four segments of one call, bit for bit."""
     config, _, params, vae_params = setup
-    pipeline = _pipeline(config, params, vae_params)
+    pipeline = pipeline_from_params(config, params, vae_params)
     captions = [["a red 3 moving left", "a red 3 moving up", "a red 3 moving right", "a red 3 moving down"],
                 ["a blue 7 moving up"] * 4]
     whole, state = pipeline.generate_long(captions, seed=7)
@@ -93,7 +88,7 @@ def test_generation_continues_from_a_saved_state(setup, tmp_path):
 
 def test_bad_generation_input_names_the_argument(setup):
     config, _, params, vae_params = setup
-    pipeline = _pipeline(config, params, vae_params)
+    pipeline = pipeline_from_params(config, params, vae_params)
     with pytest.raises(ValueError, match="num_segments must be >= 1"):
         pipeline.generate_long([[]])
     with pytest.raises(ValueError, match="one caption per segment"):
@@ -114,3 +109,19 @@ def test_bad_config_fails_naming_the_field(tmp_path, field, value, message):
     with pytest.raises(ConfigError) as error:
         validate(config, num_devices=2)
     assert field in str(error.value) and message in str(error.value)
+
+
+@pytest.mark.slow
+def test_generation_memory_does_not_grow_with_the_number_of_segments(setup):
+    """XLA's buffer assignment of the compiled generation: temporaries flat from 2 to 16 segments (the memory
+    is the scan's only carry), only the returned video grows."""
+    from t2v_jax.parallel.report import memory_per_device
+
+    config, _, params, vae_params = setup
+    pipeline = pipeline_from_params(config, params, vae_params)
+    sizes = {}
+    for segments in (2, 16):
+        args, kwargs, _ = pipeline.generation_call([["a red 3 moving left"] * segments])
+        sizes[segments] = memory_per_device(pipeline.compile(*args, **kwargs))
+    assert sizes[16]["temporaries"] <= 1.01 * sizes[2]["temporaries"]
+    assert sizes[16]["outputs"] > 4 * sizes[2]["outputs"]  # the video, 8x longer, next to a memory of 96 bytes

@@ -79,5 +79,6 @@ def tiny_malt_config(data_dir: str):
     config.dit = tiny.dit
     config.dit.memory_tokens = 2
     config.malt.update(train_segments=3, truncation=2, train_size=16, num_segments=2)
-    config.train_malt.update(num_steps=4, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2)
+    config.train_malt.update(num_steps=4, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2,
+                             cache_latents=False)
     return config

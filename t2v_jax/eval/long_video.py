@@ -8,8 +8,10 @@ join up or the digit teleports where one segment (or chunk) hands over to the ne
 """
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from t2v_jax.eval.judge import NOT_FOUND, brightness, centroid_track, parse_caption
+from t2v_jax.data.bouncing_digits import sample_long_videos
+from t2v_jax.eval.judge import NOT_FOUND, Judge, brightness, centroid_track, parse_caption
 
 ATTRIBUTES = ("digit", "colour", "direction")
 
@@ -91,3 +93,29 @@ def boundary_jump(videos_nthwc_uint8, segment_frames):
     jump_px = float(moves_nm[:, crosses_boundary_m].mean())
     step_px = float(moves_nm[:, ~crosses_boundary_m].mean())
     return dict(jump_px=jump_px, step_px=step_px, ratio=jump_px / step_px if step_px > 0 else float("nan"))
+
+
+def generate_and_judge_long(generate_long, data_cfg, num_videos: int, num_segments: int, *, seed: int = 0,
+                            batch_size: int = 32, progress: bool = True) -> dict:
+    """Per-segment scores of a long-video model on test-split story prompts (unseen glyphs, one caption per
+    segment), next to the same scores of the rendered ground truth.
+
+    `generate_long(captions_ns, seed) -> uint8 videos (N, S * F, H, W, 3)` is the model under test (e.g.
+    `MALTPipeline.generate_long` with its state dropped); videos go in fixed-size batches (one compile).
+    Returns dict(segment_scores (name -> S floats), identity_consistency, identity_vs_captions,
+    boundary_jump, num_videos, num_segments)."""
+    _, captions_ns = sample_long_videos(num_videos, "test", seed=seed, num_segments=num_segments,
+                                        segment_frames=data_cfg.num_frames, canvas=data_cfg.canvas)
+    padded = list(captions_ns) + [captions_ns[0]] * (-num_videos % batch_size)
+    videos = []
+    for start in tqdm(range(0, len(padded), batch_size), desc="generate", disable=not progress):
+        videos.append(np.asarray(generate_long(padded[start:start + batch_size], seed + start)))
+    videos_nthwc = np.concatenate(videos)[:num_videos]
+    judge = Judge.fit(canvas=videos_nthwc.shape[2])
+    frames = data_cfg.num_frames
+    scores = segment_scores(judge, videos_nthwc, captions_ns, frames)
+    return dict(segment_scores={name: values.tolist() for name, values in scores.items()},
+                identity_consistency=identity_consistency(judge, videos_nthwc, frames),
+                identity_vs_captions=identity_consistency(judge, videos_nthwc, frames, captions_ns),
+                boundary_jump=boundary_jump(videos_nthwc, frames) if num_segments > 1 else None,
+                num_videos=num_videos, num_segments=num_segments)

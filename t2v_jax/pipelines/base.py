@@ -43,12 +43,21 @@ class Pipeline:
                                           out_shardings=sharding_rules.split_or_replicated(self.mesh, count))
         return self._programs[key]
 
+    def _placed(self, batch_args, other_args, count: int) -> tuple:
+        return (jax.device_put(tuple(batch_args), sharding_rules.split_or_replicated(self.mesh, count))
+                + jax.device_put(tuple(other_args), sharding_rules.replicated(self.mesh)))
+
     def run(self, phase: str, params, batch_args, other_args=(), *, count: int, **static):
         """Runs a phase for `count` videos; outputs are placed on the batch sharding."""
-        batch_args = jax.device_put(tuple(batch_args), sharding_rules.split_or_replicated(self.mesh, count))
-        other_args = jax.device_put(tuple(other_args), sharding_rules.replicated(self.mesh))
+        args = self._placed(batch_args, other_args, count)
         with sharding_rules.sharding_context(self.mesh, self.rules):
-            return self._compiled(phase, count, static)(params, *batch_args, *other_args)
+            return self._compiled(phase, count, static)(params, *args)
+
+    def compile(self, phase: str, params, batch_args, other_args=(), *, count: int, **static):
+        """The compiled program `run` would run on these arguments, e.g. for XLA's memory analysis."""
+        args = self._placed(batch_args, other_args, count)
+        with sharding_rules.sharding_context(self.mesh, self.rules):
+            return self._compiled(phase, count, static).lower(params, *args).compile()
 
     def tokenize(self, prompts) -> tuple[np.ndarray, np.ndarray]:
         """(ids_bl, mask_bl); a prompt over `config.text.max_length` is an error, never cut."""

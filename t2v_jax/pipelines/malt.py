@@ -82,9 +82,9 @@ class MALTPipeline(TextToVideoPipeline):
         memory_lbmd = self.model.dit.apply(self.dit_params, batch, method=MALTDiT.initial_memory)
         return {"memory": jnp.moveaxis(memory_lbmd, 0, 1), "next_segment": 0, "seed": seed}
 
-    def generate_long(self, captions_ns, *, seed: int = 0, state: dict | None = None):
-        """(uint8 videos (N, S * F, H, W, 3), the state after them) for N lists of S segment captions,
-        continuing `state` when given (its seed then wins). Errors name the argument before compiling."""
+    def generation_call(self, captions_ns, *, seed: int = 0, state: dict | None = None) -> tuple:
+        """(run's positional arguments, its keywords, the state it starts from) for `generate_long`; errors
+        name the argument before anything compiles."""
         captions_ns = [list(captions) for captions in captions_ns]
         if not captions_ns or not captions_ns[0]:
             raise ValueError("captions_ns: needs at least one video with at least one segment caption "
@@ -101,15 +101,20 @@ class MALTPipeline(TextToVideoPipeline):
         ids_nl, mask_nl = self.tokenize([caption for captions in captions_ns for caption in captions])
         null_ids, null_mask = self.tokenize([self.config.sampling.negative_prompt])
         sampling = self.config.sampling
-        video, memory = self.run(
-            "generate_segments", {"text_encoder": self.text_encoder_params, "dit": self.dit_params,
-                                  "vae": self.vae_params},
-            (ids_nl.reshape(batch, num_segments, -1), mask_nl.reshape(batch, num_segments, -1), state["memory"]),
-            (null_ids[0], null_mask[0], jnp.int32(state["next_segment"]), jax.random.PRNGKey(state["seed"]),
-             jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)),
-            count=batch, method=sampling.method, num_steps=sampling.num_steps)
+        args = ("generate_segments", {"text_encoder": self.text_encoder_params, "dit": self.dit_params,
+                                      "vae": self.vae_params},
+                (ids_nl.reshape(batch, num_segments, -1), mask_nl.reshape(batch, num_segments, -1), state["memory"]),
+                (null_ids[0], null_mask[0], jnp.int32(state["next_segment"]), jax.random.PRNGKey(state["seed"]),
+                 jnp.float32(sampling.guidance_scale), jnp.float32(sampling.eta)))
+        return args, dict(count=batch, method=sampling.method, num_steps=sampling.num_steps), state
+
+    def generate_long(self, captions_ns, *, seed: int = 0, state: dict | None = None):
+        """(uint8 videos (N, S * F, H, W, 3), the state after them) for N lists of S segment captions,
+        continuing `state` when given (its seed then wins)."""
+        args, kwargs, state = self.generation_call(captions_ns, seed=seed, state=state)
+        video, memory = self.run(*args, **kwargs)
         return np.asarray(jax.device_get(video)), {"memory": memory,
-                                                   "next_segment": state["next_segment"] + num_segments,
+                                                   "next_segment": state["next_segment"] + len(captions_ns[0]),
                                                    "seed": state["seed"]}
 
     def generate(self, prompts, *, seed: int = 0) -> np.ndarray:

@@ -40,6 +40,7 @@ class BenchmarkOptions:
     lengths: tuple[int, ...] = (256, 1024, 4096, 16384)
     decode_steps: int = 128
     decode_batch: int = 1
+    segments: tuple[int, ...] = (4, 16, 64)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,12 @@ caption alone, the same code otherwise.
 Sampling: `pipelines/malt.py`, one compiled scan over segments.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2v_jax.benchmarks.long_video import long_video_benchmark
 from t2v_jax.checks import require
 from t2v_jax.data.bouncing_digits import LongVideoSource
 from t2v_jax.diffusion import samplers
@@ -48,17 +50,20 @@ class MALTStage(DiTStage):
         super().__init__(config, vae_params, malt_model(config))
 
     def training_source(self, source, directory, progress=True):
-        """Long videos rendered on the fly, in place of the split's clips."""
-        del source, directory, progress
+        """Long videos rendered on the fly in place of the split's clips; with train_malt.cache_latents, their
+        latents encoded once (as the DiT stage caches the clips')."""
+        del source
         data, malt = self.config.data, self.config.malt
-        return LongVideoSource(malt.train_size, "train", seed=data.seed, num_segments=malt.train_segments,
-                               segment_frames=data.num_frames, canvas=data.canvas)
+        long_videos = LongVideoSource(malt.train_size, "train", seed=data.seed, num_segments=malt.train_segments,
+                                      segment_frames=data.num_frames, canvas=data.canvas)
+        return super().training_source(long_videos, directory, progress)
 
     def prepare_batch(self, batch):
         captions = [caption for text in batch["caption"] for caption in str(text).split("\n")]
-        ids, mask = self.model.tokenizer(captions)
         segments = len(captions) // len(batch["caption"])
-        return {"video": np.asarray(batch["video"], np.float32), "ids": ids.reshape(-1, segments, ids.shape[-1]),
+        ids, mask = self.model.tokenizer(captions)
+        key = "latent_moments" if "latent_moments" in batch else "video"
+        return {key: np.asarray(batch[key], np.float32), "ids": ids.reshape(-1, segments, ids.shape[-1]),
                 "mask": mask.reshape(-1, segments, mask.shape[-1])}
 
     def loss_fn(self, params, batch, rng):
@@ -141,11 +146,25 @@ def stages(config) -> tuple[Stage, ...]:
             Stage("malt", lambda config, consumed: MALTStage(config, consumed["vae"]), consumes=("vae",)))
 
 
+def pipeline_from_params(config, malt_params, vae_params) -> MALTPipeline:
+    """The pipeline over the MALT stage's params ({"text_encoder", "dit"}) and the VAE's."""
+    return MALTPipeline(config, tokenizer=ByteTokenizer(config.text.max_length),
+                        text_encoder_params=malt_params["text_encoder"], dit_params=malt_params["dit"],
+                        vae_params=vae_params, model=malt_model(config))
+
+
 def load_pipeline(config, checkpoint: str, *, use_ema: bool = True) -> MALTPipeline:
     params = restore_stages(config, stages(config), checkpoint, ["malt"], use_ema=use_ema)
-    return MALTPipeline(config, tokenizer=ByteTokenizer(config.text.max_length),
-                        text_encoder_params=params["malt"]["text_encoder"], dit_params=params["malt"]["dit"],
-                        vae_params=params["vae"], model=malt_model(config))
+    return pipeline_from_params(config, params["malt"], params["vae"])
+
+
+def benchmark(config, options) -> dict:
+    """Memory and time of generation at options.segments segments, random weights (`benchmarks/long_video.py`)."""
+    rng_vae, rng_malt = jax.random.split(jax.random.key(config.seed))
+    vae_params = nn.unbox(VAEStage(config).init_params(rng_vae))
+    params = nn.unbox(MALTStage(config, vae_params).init_params(rng_malt))
+    return long_video_benchmark(pipeline_from_params(config, params, vae_params), options.segments,
+                                repeats=options.repeats)
 
 
 def sampling_summary(config) -> str:
@@ -159,4 +178,4 @@ SYSTEM = System(
     name="malt",
     description="MALT: any-length video, segments denoised one after another against a recurrent memory",
     validate=validate, stages=stages, load_pipeline=load_pipeline, sampling_summary=sampling_summary,
-    load_autoencoder=latent_diffusion.load_autoencoder)
+    benchmark=benchmark, load_autoencoder=latent_diffusion.load_autoencoder)
