@@ -271,3 +271,32 @@ def test_zero_out_kernel_init_zeroes_only_the_output():
     for name in ("query", "key", "value"):
         np.testing.assert_array_equal(params[name]["kernel"], default_params[name]["kernel"])
         assert np.abs(params[name]["kernel"]).min() > 0
+
+
+def test_memory_tokens_join_keys_and_values_without_rotation():
+    """Self-attention with memory equals attention of the tokens over [memory; tokens] through the same
+    projections, with RoPE on the tokens' queries and keys only (the memory has no position)."""
+    from t2v_jax.layers.rope import apply_rope, rope_frequencies
+
+    x_bld = jax.random.normal(jax.random.key(0), (2, 6, 16))
+    memory_bmd = jax.random.normal(jax.random.key(1), (2, 3, 16))
+    cos_ld, sin_ld = rope_frequencies(jnp.arange(6), 8)
+    layer = Attention(num_heads=2, head_dim=8)
+    params = nn.unbox(layer.init(jax.random.key(2), x_bld))
+    out = layer.apply(params, x_bld, rope=(cos_ld, sin_ld, 1), memory_bmd=memory_bmd)
+
+    p = params["params"]
+
+    def project(name, inputs):
+        y = inputs @ p[name]["kernel"] + p[name]["bias"]
+        return y.reshape(y.shape[:-1] + (2, 8))
+
+    both_bsd = jnp.concatenate([memory_bmd, x_bld], axis=1)
+    q = apply_rope(project("query", x_bld), cos_ld, sin_ld)
+    k = project("key", both_bsd)
+    k = jnp.concatenate([k[:, :3], apply_rope(k[:, 3:], cos_ld, sin_ld)], axis=1)
+    o = attention(q, k, project("value", both_bsd))
+    expected = o.reshape(2, 6, 16) @ p["out"]["kernel"] + p["out"]["bias"]
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+    without = layer.apply(params, x_bld, rope=(cos_ld, sin_ld, 1))
+    assert np.abs(out - without).max() > 1e-3
