@@ -76,7 +76,9 @@ class TextToVideoModel:
         context_bld, context_mask_bl = cond
         return self.dit.apply(params["dit"], x_bthwc, t_b, context_bld, context_mask_bl)
 
-    def init_params(self, rng, latent_thwc):
+    def init_params(self, rng, latent_thwc, **denoiser_kwargs):
+        """{"text_encoder", "dit"} params; `latent_thwc` is the denoiser's input per video (a conditioned
+        denoiser's includes its condition channels), `denoiser_kwargs` what else its call needs."""
         text_rng, dit_rng = jax.random.split(rng)
         length = self.config.text.max_length
         ids = jnp.zeros((1, length), jnp.int32)
@@ -85,5 +87,5 @@ class TextToVideoModel:
         context = jnp.zeros((1, length, self.config.text.encoder.width))
         # A denoiser whose parameters more than one pass creates (MALT's memory) names the pass that makes all.
         dit_params = self.dit.init(dit_rng, jnp.zeros((1, *latent_thwc)), jnp.zeros((1,)), context, mask,
-                                   method=getattr(type(self.dit), "init_all", None))
+                                   method=getattr(type(self.dit), "init_all", None), **denoiser_kwargs)
         return {"text_encoder": text_params, "dit": dit_params}

@@ -193,17 +193,10 @@ class VSRStage(DiTStage):
         return data
 
     def init_params(self, rng):
-        text_rng, unet_rng = jax.random.split(rng)
         vsr = self.config.vsr
         height, width = (size * vsr.scale // video_vae.spatial_compression(vsr.vae) for size in video_size(self.config.data))
-        x = jnp.zeros((1, vsr.chunk_frames, height, width, vsr.vae.latent_channels + 3))
-        length = self.config.text.max_length
-        ids, mask = jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool)
-        text_params = self.model.text_encoder.init(text_rng, ids, mask)
-        context = jnp.zeros((1, length, self.config.text.encoder.width))
-        unet_params = self.model.dit.init(unet_rng, x, jnp.zeros((1,)), context, mask,
-                                          class_labels_b=jnp.zeros((1,), jnp.int32))
-        return {"text_encoder": text_params, "dit": unet_params}
+        return self.model.init_params(rng, (vsr.chunk_frames, height, width, vsr.vae.latent_channels + 3),
+                                      class_labels_b=jnp.zeros((1,), jnp.int32))
 
     def prepare_batch(self, batch):
         ids, mask = self.model.tokenizer([str(c) for c in batch["caption"]])
