@@ -11,6 +11,8 @@ import os
 import warnings
 
 import imageio_ffmpeg
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
@@ -19,7 +21,10 @@ MP4_CRF = 18
 
 
 def to_uint8(video):
-    """Float video in [-1, 1] (numpy or jax, any leading shape) -> uint8 in [0, 255], rounded and clipped."""
+    """Float video in [-1, 1] (any leading shape) -> uint8 in [0, 255], rounded and clipped: a numpy array
+    from numpy or a concrete jax array, a jax array inside a traced program (MALT decodes in its scan)."""
+    if isinstance(video, jax.core.Tracer):
+        return jnp.clip(jnp.round((video.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
     video = np.asarray(video, dtype=np.float32)
     return np.clip(np.rint((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
 

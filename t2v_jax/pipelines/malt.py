@@ -21,13 +21,9 @@ import numpy as np
 from t2v_jax.diffusion.samplers import sample, spacing_options
 from t2v_jax.diffusion.schedules import add_noise
 from t2v_jax.models.malt import MALTDiT
+from t2v_jax.io.video import to_uint8
 from t2v_jax.models.video_vae import vae_decode
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
-
-
-def _uint8(video):
-    """[-1, 1] -> uint8 inside the compiled program, as `io.video.to_uint8` rounds and clips."""
-    return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 class MALTPipeline(TextToVideoPipeline):
@@ -68,7 +64,7 @@ class MALTPipeline(TextToVideoPipeline):
             noised = add_noise(model.schedule, latents, jax.random.normal(memory_rng, latents.shape), level_b)
             memory_lbmd = dit.apply(params["dit"], noised, level_b.astype(jnp.float32), context_bld, mask_bl,
                                     jnp.moveaxis(memory_blmd, 0, 1), method=MALTDiT.update_memory)
-            video_bthwc = _uint8(vae_decode(self.vae, params["vae"], latents))
+            video_bthwc = to_uint8(vae_decode(self.vae, params["vae"], latents))
             return jnp.moveaxis(memory_lbmd, 1, 0), video_bthwc
 
         indices_s = first_segment + jnp.arange(ids_bsl.shape[1])
