@@ -10,6 +10,7 @@ import pytest
 from t2v_jax.checks import ConfigError
 from t2v_jax.config import validate
 from t2v_jax.models.malt import MALTDiT
+from t2v_jax.pipelines.syncos import StructuredPrompt
 from t2v_jax.systems.malt import MALTStage, load_state, pipeline_from_params, save_state
 from t2v_jax.train.stages import VAEStage
 from tiny import tiny_malt_config
@@ -93,6 +94,9 @@ def test_bad_generation_input_names_the_argument(setup):
         pipeline.generate_long([[]])
     with pytest.raises(ValueError, match="one caption per segment"):
         pipeline.generate_long([["a red 3 moving left"] * 2, ["a red 3 moving up"] * 3])
+    story = StructuredPrompt("a red 3", (("moving left", 0, 2), ("moving up", 2, 4)))
+    with pytest.raises(ValueError, match="generate_long"):
+        pipeline.generate_multi_prompt(story, 4)
 
 
 @pytest.mark.parametrize("field, value, message", [

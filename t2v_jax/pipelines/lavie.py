@@ -42,7 +42,7 @@ class LaVieCascadePipeline(TextToVideoPipeline):
         frames, height, width, channels = latent_shape(config)
         self.output_latent_shape = (config.interpolation.num_frames, height, width, channels)
 
-    def program(self, phase: str, method=None, num_steps=None):
+    def program(self, phase: str, method=None, num_steps=None, **static):
         if phase == "encode_interpolation":
             return lambda params, ids, mask: self.interpolation_model.encode_text({"text_encoder": params}, ids, mask)
         if phase == "interpolate":
@@ -53,7 +53,7 @@ class LaVieCascadePipeline(TextToVideoPipeline):
             return functools.partial(self._upscale_latents, method=method, num_steps=num_steps)
         if phase == "decode_vsr":
             return lambda params, latents: vae_decode(self.vsr_vae, params, latents)
-        return super().program(phase, method=method, num_steps=num_steps)
+        return super().program(phase, method=method, num_steps=num_steps, **static)
 
     def _interpolate_latents(self, params, cond, uncond, noise, rng, guidance_scale, eta, *, method, num_steps):
         """The interpolation sampler; cond and uncond carry the repeated keyframe latents as a third part,

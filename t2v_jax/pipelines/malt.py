@@ -30,10 +30,10 @@ class MALTPipeline(TextToVideoPipeline):
     """`generate(prompts)` gives `malt.num_segments` segments per prompt (the same caption for each);
     `generate_long(captions_ns, state=...)` one caption per segment, continuing from a state."""
 
-    def program(self, phase: str, method=None, num_steps=None):
+    def program(self, phase: str, method=None, num_steps=None, **static):
         if phase == "generate_segments":
             return functools.partial(self._generate_segments, method=method, num_steps=num_steps)
-        return super().program(phase, method=method, num_steps=num_steps)
+        return super().program(phase, method=method, num_steps=num_steps, **static)
 
     def _generate_segments(self, params, ids_bsl, mask_bsl, memory_blmd, null_ids_l, null_mask_l, first_segment,
                            seed, guidance_scale, eta, *, method, num_steps):
@@ -116,3 +116,9 @@ class MALTPipeline(TextToVideoPipeline):
     def generate(self, prompts, *, seed: int = 0) -> np.ndarray:
         """uint8 videos of `malt.num_segments` segments, each prompt the caption of all its segments."""
         return self.generate_long([[prompt] * self.config.malt.num_segments for prompt in prompts], seed=seed)[0]
+
+    def sample_long_latents(self, structured_prompts, num_latent_frames: int, **kwargs):
+        """Refused: MALT's denoiser reads a memory that SynCoS's chunks do not carry; its own long videos
+        come segment by segment from `generate_long`, one caption per segment."""
+        raise ValueError("SynCoS (sample_long_latents / generate_multi_prompt) needs a memory-free denoiser; "
+                         "MALT makes long videos with generate_long(captions_ns), one caption per segment")

@@ -35,8 +35,9 @@ median is numpy's (the mean of the two middle values, as Liu & Wang's SVGD refer
 torch.median's lower middle value, which is 0 for two particles (a 2x-long video) and makes gamma infinite;
 and gamma is 0 where every distance is 0 (one chunk), where the kernel is 1 and the update is g itself.
 
-Units: chunk_frames, stride and the structured prompt's ranges are LATENT frames, the sampler's only unit;
-a pipeline converts pixel-frame ranges with its VAE's temporal compression once, before validation.
+Units: chunk_frames, stride and the structured prompt's ranges are LATENT frames, the sampler's only unit, and
+the pipelines take them so too (`TextToVideoPipeline.sample_long_latents`): nothing to round, and a video of L
+latent frames decodes to L x the VAE's temporal compression frames.
 """
 
 import dataclasses
