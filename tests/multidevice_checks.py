@@ -5,7 +5,7 @@ pytest process must keep its single CPU device:
 
     python tests/multidevice_checks.py OUT.json [CHECK ...]
 
-CHECK is any of train, sample, vae, checkpoint (default: all). The script fakes 8 CPU devices
+CHECK is any of train, sample, vae, checkpoint (default: all of these) and malt_train (named only). The script fakes 8 CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), builds each preset's mesh from MESHES,
 and writes per-leaf differences to the 1-device reference (same process, same initial
 parameters, mesh of jax.devices()[:1]) as JSON: {check: {preset: {name: [[path, max|a - b|,
@@ -47,7 +47,8 @@ from t2v_jax.train.checkpoint import Checkpointer, abstract_like
 from t2v_jax.train.stages import DiTStage, VAEStage
 from t2v_jax.train.trainer import (
     RNG_IMPL, TrainState, make_optimizer, make_rng, make_train_step, sharding_context, train_state_shardings)
-from tiny import tiny_config
+from t2v_jax.systems.malt import MALTStage
+from tiny import load_config, tiny_config
 
 NUM_DEVICES = 8
 BATCH = 8
@@ -63,6 +64,8 @@ MESHES = {
 CHECKPOINT_FROM, CHECKPOINT_TO = "fsdp", "tp"
 REFERENCE_MESH = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}
 CHECKS = ("train", "sample", "vae", "checkpoint")
+# Run only when named (the slow set): the MALT train step, with its own setup (MALTSetup).
+EXTRA_CHECKS = ("malt_train",)
 CAPTIONS = ["a red 3 moving left", "a blue 7 moving up", "a green 1 moving right", "a white 0",
             "a yellow 5 moving down", "an 8", "a purple 2 moving left", ""]
 
@@ -130,10 +133,11 @@ class Setup:
     """Config, models, initial parameters and data, built once on the host and shared by every mesh."""
 
     def __init__(self):
-        self.config = config = equivalence_config()
-        self.stage = DiTStage(config, vae_params=None)  # latent_loss does not use the VAE
+        self.config = config = self.make_config()
+        self.stage = self.make_stage(config)
+        self.train_config = config[f"train_{self.stage.name}"]
         self.model = self.stage.model
-        self.optimizer = make_optimizer(config.train_dit)
+        self.optimizer = make_optimizer(self.train_config)
         self.rng = make_rng(0)
         init_rng, self.train_rng = jax.random.split(self.rng)
         data = np.random.default_rng(0)
@@ -150,8 +154,7 @@ class Setup:
         ids, mask = self.model.tokenizer(CAPTIONS[:BATCH])
         null_ids, null_mask = self.model.tokenizer([""] * BATCH)
         shape = latent_shape(config)
-        self.batches = [{"latents": data.standard_normal((BATCH, *shape)).astype(np.float32),
-                         "ids": ids, "mask": mask} for _ in range(3)]
+        self.batches = [self.make_batch(data, ids, mask, shape) for _ in range(3)]
         self.sample_batch = {"x": data.standard_normal((BATCH, *shape)).astype(np.float32),
                              "ids": ids, "mask": mask, "null_ids": null_ids, "null_mask": null_mask}
         self.vae = VideoVAE(config.vae)
@@ -161,8 +164,55 @@ class Setup:
         # 3 x 6 x 6 latents in (2, 4, 4)-cell tiles overlapping by (1, 2, 2): 2 x 2 x 2 tiles.
         self.vae_latents = data.standard_normal((BATCH, 3, 6, 6, shape[-1])).astype(np.float32)
 
+    @staticmethod
+    def make_config():
+        return equivalence_config()
+
+    @staticmethod
+    def make_stage(config):
+        return DiTStage(config, vae_params=None)  # latent_loss does not use the VAE
+
+    @staticmethod
+    def make_batch(data, ids, mask, latent_thwc):
+        return {"latents": data.standard_normal((BATCH, *latent_thwc)).astype(np.float32), "ids": ids, "mask": mask}
+
     def loss_fn(self, params, batch, rng):
         return self.stage.latent_loss(params, batch["latents"], batch["ids"], batch["mask"], rng)
+
+
+class MALTSetup(Setup):
+    """The MALT train step on the same tiny model: 3 segments a video (one memory-gradient cut), 4 memory
+    tokens per layer (the `memory` axis goes to `tensor`, 4 wide), memory noise on; batches of cached latent
+    moments, so that MALTStage.loss_fn runs whole (its scan over segments, caption dropout, memory updates)."""
+
+    SEGMENTS = 3
+
+    @staticmethod
+    def make_config():
+        config = load_config("malt_digits")
+        tiny = equivalence_config()
+        for section in ("data", "vae", "text", "dit", "sampling", "train_vae", "eval"):
+            config[section] = tiny[section]
+        config.dit.memory_tokens = 4
+        config.malt.update(train_segments=MALTSetup.SEGMENTS, truncation=2, num_segments=2)
+        config.train_malt.update(batch_size=BATCH, warmup_steps=2, num_steps=10, cache_latents=True)
+        return config
+
+    @staticmethod
+    def make_stage(config):
+        return MALTStage(config, vae_params=None)  # cached moments: the VAE's params are not read
+
+    @staticmethod
+    def make_batch(data, ids, mask, latent_thwc):
+        frames, *rest = latent_thwc
+        moments = data.standard_normal((BATCH, 2, MALTSetup.SEGMENTS * frames, *rest)).astype(np.float32)
+        moments[:, 1] = -4.0  # log-variance: posterior samples close to the mean
+        # A different caption per segment: each video's captions rolled by one per segment.
+        return {"latent_moments": moments, "ids": np.stack([np.roll(ids, -s, axis=0) for s in range(MALTSetup.SEGMENTS)], 1),
+                "mask": np.stack([np.roll(mask, -s, axis=0) for s in range(MALTSetup.SEGMENTS)], 1)}
+
+    def loss_fn(self, params, batch, rng):
+        return self.stage.loss_fn(params, batch, rng)
 
 
 class Placement:
@@ -209,7 +259,7 @@ class Placement:
         the compile time; XLA computes the duplicate forward and backward pass once."""
         if self._step is None:
             setup = self.setup
-            step_fn = make_train_step(setup.loss_fn, setup.optimizer, setup.config.train_dit.ema_decay)
+            step_fn = make_train_step(setup.loss_fn, setup.optimizer, setup.train_config.ema_decay)
 
             def step_and_grads(state, batch):
                 rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=RNG_IMPL), state.step)
@@ -391,16 +441,8 @@ def check_checkpoint(setup, placements, reference, directory):
     }
 
 
-def main(argv):
-    out_path, checks = argv[0], argv[1:] or list(CHECKS)
-    unknown = set(checks) - set(CHECKS)
-    if unknown:
-        raise SystemExit(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
-    if jax.device_count() != NUM_DEVICES:
-        raise SystemExit(f"expected {NUM_DEVICES} devices, got {jax.device_count()} (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
-    times = {}
-    start = time.perf_counter()
-    setup = Setup()
+def placements_of(setup):
+    """The one-device reference and each preset's placement (or the error that building it raised)."""
     reference = Placement(setup, "dp", REFERENCE_MESH, jax.devices()[:1])
     placements = {}
     for preset, shape in MESHES.items():
@@ -408,6 +450,20 @@ def main(argv):
             placements[preset] = Placement(setup, preset, shape, jax.devices())
         except Exception as error:  # noqa: BLE001 - reported by every check of this preset
             placements[preset] = error
+    return reference, placements
+
+
+def main(argv):
+    out_path, checks = argv[0], argv[1:] or list(CHECKS)
+    unknown = set(checks) - set(CHECKS + EXTRA_CHECKS)
+    if unknown:
+        raise SystemExit(f"unknown checks {sorted(unknown)}; choose from {CHECKS + EXTRA_CHECKS}")
+    if jax.device_count() != NUM_DEVICES:
+        raise SystemExit(f"expected {NUM_DEVICES} devices, got {jax.device_count()} (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r})")
+    times = {}
+    start = time.perf_counter()
+    setup = Setup()
+    reference, placements = placements_of(setup)
     times["setup"] = time.perf_counter() - start
     results = {"device_count": jax.device_count(),
                "meshes": {p: dict(pl.mesh.shape) for p, pl in placements.items()
@@ -416,6 +472,9 @@ def main(argv):
         start = time.perf_counter()
         if check == "train":
             results[check] = check_train(setup, placements, reference)
+        elif check == "malt_train":
+            malt_setup = MALTSetup()
+            results[check] = check_train(malt_setup, *reversed(placements_of(malt_setup)))
         elif check == "sample":
             results[check] = check_sample(setup, placements, reference)
         elif check == "vae":

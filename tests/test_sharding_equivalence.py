@@ -15,6 +15,8 @@ on a 1-device mesh with the same parameters and data, all float32:
 - vae: tiled vae_decode (2 x 2 x 2 tiles) of a latent batch split over the data axes;
 - checkpoint: a TrainState saved under `fsdp` after two steps, restored onto `tp`'s shardings;
   the next step against the same step under `fsdp` without the round trip.
+- malt_train (slow, its own subprocess): the train step comparison for MALTStage.loss_fn (a scan over
+  3 segments carrying the memory, 4 memory tokens on the `tensor` axis), same tolerances.
 
 Tolerances. Sharding changes the order of float32 reductions (partial sums per device, then an
 all-reduce), so results agree to rounding, not bit for bit. Measured (loaded 2-core CPU,
@@ -41,7 +43,8 @@ import jax
 import numpy as np
 import pytest
 
-from multidevice_checks import BATCH, CHECKPOINT_FROM, CHECKPOINT_TO, MESHES, NUM_DEVICES, equivalence_config
+from multidevice_checks import (
+    BATCH, CHECKPOINT_FROM, CHECKPOINT_TO, MESHES, NUM_DEVICES, MALTSetup, equivalence_config)
 from t2v_jax.checks import ConfigError
 from t2v_jax.config import validate
 from t2v_jax.models.text_to_video import num_dit_tokens
@@ -90,12 +93,8 @@ def _noise_leaves(grad_rows):
     return noise
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    """Runs every multi-device check once: ~60 s on a loaded 2-core CPU (compiles: 6 meshes x
-    (train step, sampling step, decode))."""
-    out = tmp_path_factory.mktemp("multidevice") / "results.json"
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_checks.py"), str(out)],
+def _run_checks(out, *checks):
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_checks.py"), str(out), *checks],
                           capture_output=True, text=True, timeout=900, cwd=os.path.dirname(HERE))
     if proc.returncode != 0:
         pytest.fail(f"multidevice_checks.py exited with {proc.returncode}:\n{proc.stderr[-5000:]}")
@@ -103,6 +102,20 @@ def results(tmp_path_factory):
         data = json.load(f)
     assert data["device_count"] == NUM_DEVICES
     return data
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Runs every multi-device check once: ~60 s on a loaded 2-core CPU (compiles: 6 meshes x
+    (train step, sampling step, decode))."""
+    return _run_checks(tmp_path_factory.mktemp("multidevice") / "results.json")
+
+
+@pytest.fixture(scope="module")
+def malt_results(tmp_path_factory):
+    """The MALT train step under every preset: ~2 min on a 2-core CPU (a scan over 3 segments, each a
+    denoiser and a memory-update pass, compiled for 6 meshes)."""
+    return _run_checks(tmp_path_factory.mktemp("multidevice") / "malt.json", "malt_train")
 
 
 def _preset_entry(results, check, preset):
@@ -198,13 +211,23 @@ def test_batch_not_divisible_by_the_data_axes_names_the_dit_batch_too():
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_train_step_matches_one_device(results, preset):
-    entry = _preset_entry(results, "train", preset)
+    _assert_train_step_matches(_preset_entry(results, "train", preset), preset, equivalence_config().train_dit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_malt_train_step_matches_one_device(malt_results, preset):
+    """MALTStage.loss_fn whole: the scan over segments carrying the memory, its updates and their gradient cut."""
+    _assert_train_step_matches(_preset_entry(malt_results, "malt_train", preset), preset,
+                               MALTSetup.make_config().train_malt)
+
+
+def _assert_train_step_matches(entry, preset, config):
     _assert_close(entry["loss"], f"{preset}: loss")
     _assert_close(entry["grads"], f"{preset}: gradients")
     _assert_close(entry["step_metrics"], f"{preset}: step metrics (loss, grad_norm, latent_std)")
     # The compared step is training's second (the first, at learning rate 0, only fills the moments),
     # at learning rate / warmup_steps: Adam moves every parameter by about that much.
-    config = equivalence_config().train_dit
     step_size = 2 * config.learning_rate
     assert entry["start_step"] == 1 and config.warmup_steps == 2
     noise = _noise_leaves(entry["grads"])
