@@ -92,7 +92,7 @@ def equivalence_config():
     return config
 
 
-def _random_like(abstract, data):
+def random_like(abstract, data):
     """Random parameters for a tree of ShapeDtypeStructs, of about the scales of an init: kernels
     ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1^2), everything else ~ N(0, 0.1^2).
 
@@ -143,10 +143,10 @@ class Setup:
         data = np.random.default_rng(0)
         # Parameters: random, of the init's shapes and about its scales, drawn on the host once.
         abstract_params = sharding_rules.unbox(jax.eval_shape(self.stage.init_params, init_rng))
-        params = _random_like(abstract_params, data)
+        params = random_like(abstract_params, data)
         # The EMA starts as its own random tree (own generator: the draws above and below are unchanged),
         # so that a step moves it by (1 - decay) * (params - ema), not by ~0 as when it equals params.
-        ema_params = _random_like(abstract_params, np.random.default_rng(1))
+        ema_params = random_like(abstract_params, np.random.default_rng(1))
         self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                                 opt_state=jax.jit(self.optimizer.init)(params),
                                 rng=np.asarray(jax.random.key_data(self.train_rng)))
@@ -160,7 +160,7 @@ class Setup:
         self.vae = VideoVAE(config.vae)
         self.vae_init = VAEStage(config).init_params
         self.vae_abstract = jax.eval_shape(self.vae_init, make_rng(2))  # boxed: logical axis names
-        self.vae_params = _random_like(sharding_rules.unbox(self.vae_abstract), data)
+        self.vae_params = random_like(sharding_rules.unbox(self.vae_abstract), data)
         # 3 x 6 x 6 latents in (2, 4, 4)-cell tiles overlapping by (1, 2, 2): 2 x 2 x 2 tiles.
         self.vae_latents = data.standard_normal((BATCH, 3, 6, 6, shape[-1])).astype(np.float32)
 

@@ -3,7 +3,7 @@
 own DDIM; Allegro's template reaches every chunk; LaVie's base model samples through the cascade pipeline;
 bad input is named before anything is encoded or compiled. (8 devices under `dp`: test_pipeline_sharding.py.)
 
-Parameters are drawn at an init's scales from the init's shapes (`multidevice_checks._random_like`), which
+Parameters are drawn at an init's scales from the init's shapes (`multidevice_checks.random_like`), which
 skips compiling the inits and keeps the zero-initialised output layers from hiding anything."""
 
 import functools
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from multidevice_checks import _random_like
+from multidevice_checks import random_like
 from t2v_jax.models import text_encoder
 from t2v_jax.models.text_encoder import ByteTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
@@ -35,7 +35,7 @@ STORY_TEXTS = (("a red 3 moving left", "a red 3 moving up", "a red 3 moving up")
 
 
 def _random_params(init_fn, seed):
-    return _random_like(unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0))), np.random.default_rng(seed))
+    return random_like(unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0))), np.random.default_rng(seed))
 
 
 def _latent_parts(config, model):
