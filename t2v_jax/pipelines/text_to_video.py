@@ -30,6 +30,20 @@ from t2v_jax.pipelines.base import Pipeline, free
 from t2v_jax.pipelines.syncos import StructuredPrompt, syncos_config, syncos_sample, validate_syncos_config
 
 
+def _check_initial_noise(initial_noise, shape, axes: str) -> None:
+    if initial_noise is not None and tuple(initial_noise.shape) != tuple(shape):
+        raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected {tuple(shape)} ({axes})")
+
+
+def _starting_noise(seed: int, shape, initial_noise=None):
+    """(the sampler's starting latents, the sampler's key): one split of `seed` serves both, so a given
+    `initial_noise` leaves the sampler's own randomness as the seed's."""
+    noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
+    if initial_noise is None:
+        initial_noise = jax.random.normal(noise_rng, shape)
+    return initial_noise, sample_rng
+
+
 class TextToVideoPipeline(Pipeline):
     """The tokenizer, text encoder, DiT and VAE of one latent system, with their params."""
 
@@ -101,13 +115,10 @@ class TextToVideoPipeline(Pipeline):
         sampling = self.config.sampling
         prompts = list(prompts)
         negative = sampling.negative_prompt if negative_prompt is None else negative_prompt
+        noise_shape = (len(prompts), *self.latent_shape)
+        _check_initial_noise(initial_noise, noise_shape, "prompts, *latent_shape")
         cond, uncond = self._conditions(prompts, [negative] * len(prompts))
-        noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
-        if initial_noise is None:
-            initial_noise = jax.random.normal(noise_rng, (len(prompts), *self.latent_shape))
-        elif tuple(initial_noise.shape) != (len(prompts), *self.latent_shape):
-            raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected "
-                             f"{(len(prompts), *self.latent_shape)} (prompts, *latent_shape)")
+        initial_noise, sample_rng = _starting_noise(seed, noise_shape, initial_noise)
         return self.run(
             "sample", self.dit_params, (cond, uncond, jnp.asarray(initial_noise, jnp.float32)),
             (sample_rng, jnp.float32(sampling.guidance_scale if guidance_scale is None else guidance_scale),
@@ -142,18 +153,14 @@ class TextToVideoPipeline(Pipeline):
         texts_bn = self._chunk_texts(structured_prompts, num_latent_frames, syncos)
         batch = len(texts_bn)
         noise_shape = (batch, num_latent_frames, *self.latent_shape[1:])
-        if initial_noise is not None and tuple(initial_noise.shape) != noise_shape:
-            raise ValueError(f"initial_noise has shape {tuple(initial_noise.shape)}; expected {noise_shape} "
-                             "(videos, num_latent_frames, *latent_shape[1:])")
+        _check_initial_noise(initial_noise, noise_shape, "videos, num_latent_frames, *latent_shape[1:]")
         distinct = list(dict.fromkeys(text for texts in texts_bn for text in texts))
         negative = self.config.sampling.negative_prompt if negative_prompt is None else negative_prompt
         cond, uncond = self._conditions(distinct, [negative])
         index_bn = np.array([[distinct.index(text) for text in texts] for texts in texts_bn])
         cond_bn = jax.tree.map(lambda leaf: leaf[index_bn], cond)
         uncond = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (batch, *leaf.shape[1:])), uncond)
-        noise_rng, sample_rng = jax.random.split(jax.random.PRNGKey(seed))
-        if initial_noise is None:
-            initial_noise = jax.random.normal(noise_rng, noise_shape)
+        initial_noise, sample_rng = _starting_noise(seed, noise_shape, initial_noise)
         return self.run(
             "sample_long", self.dit_params, (cond_bn, uncond, jnp.asarray(initial_noise, jnp.float32)),
             (sample_rng, jnp.float32(syncos.guidance_scale if guidance_scale is None else guidance_scale)),
