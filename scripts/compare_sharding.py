@@ -88,7 +88,7 @@ def _rates(model_flops: float, seconds, num_devices: int, peak) -> dict:
     return dict(seconds=seconds, tflops_per_device=per_device, mfu=per_device / peak if peak else None)
 
 
-def _compare_one(config, preset: str, shape: dict, steps, repeats: int, peak) -> dict:
+def compare_one(config, preset: str, shape: dict, steps, repeats: int, peak) -> dict:
     """Validates, compiles, analyses and times the train and sampling steps under one preset."""
     num_devices = jax.device_count()
     config = config.copy_and_resolve_references()
@@ -153,7 +153,7 @@ def _collective_cell(entry: dict) -> str:
     return f"{entry['count']} / {_mib(entry['bytes'])}" if entry["count"] else "-"
 
 
-def _table(rows: list[dict], step: str) -> str:
+def table(rows: list[dict], step: str) -> str:
     """Markdown table of one program across presets: memory in MiB per device, collectives as count / MiB."""
     memory_columns = (("params", "params"), ("ema_params", "EMA"), ("opt_state", "opt state"),
                       ("temporaries", "temps"), ("total", "total"))
@@ -198,7 +198,7 @@ def main(argv):
     for preset in _PRESETS.value:
         shape = _parse_mesh(_MESH.value) if _MESH.value else programs.default_mesh_shape(preset, num_devices, config)
         try:
-            rows.append(_compare_one(config, preset, shape, _STEPS.value, _REPEATS.value, peak))
+            rows.append(compare_one(config, preset, shape, _STEPS.value, _REPEATS.value, peak))
         except ConfigError as error:
             print(f"[{preset}] skipped, the config does not fit mesh {shape}: {error}", flush=True)
             rows.append(dict(preset=preset, mesh=shape, error=str(error)))
@@ -216,7 +216,7 @@ def main(argv):
     for key in _STEPS.value:
         name, _, title = STEPS[key]
         print(f"\n{title}, per device (memory MiB; collectives: count / MiB of results per call):")
-        print(_table(rows, name))
+        print(table(rows, name))
     if _OUT.value:
         with open(_OUT.value, "w") as f:
             json.dump(result, f, indent=2)
