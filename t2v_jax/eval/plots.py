@@ -11,7 +11,7 @@ import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import StrMethodFormatter
+from matplotlib.ticker import FuncFormatter, StrMethodFormatter
 
 from t2v_jax.train.trainer import read_metrics
 
@@ -43,9 +43,16 @@ def _new_figure(width: float, height: float, panels: tuple[int, int] = (1, 1)):
 
 
 def _log_y(ax):
-    """Log y ticked in plain numbers (0.1, 1, 10), which read as MiB or ms where 10^-1 does not."""
+    """Log y ticked in plain numbers (0.1, 1, 10), which read as MiB or ms where 10^-1 does not; minor
+    ticks are labelled (plainly) only where the data span about a decade or less."""
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+
+    def minor_label(value, _):
+        low, high = ax.get_ylim()
+        return f"{value:g}" if high <= 10 * low else ""
+
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor_label))
 
 
 def _log2_axis(ax, values, label: str):
@@ -168,7 +175,7 @@ def sharding_figure(compare: dict, source: str) -> Figure:
         raise ValueError(f"{source}: missing key {' or '.join(map(repr, SHARDED_PROGRAMS))} in the presets; "
                          f"expected {SHARDING_SOURCE}")
     labels = [_preset_label(row, source) for row in rows]
-    figure, axes = _new_figure(max(10, 2 * len(rows)), 3.8 * len(programs), (len(programs), 2))
+    figure, axes = _new_figure(max(10, 3 * len(rows)), 3.8 * len(programs), (len(programs), 2))
     for (memory, collective), program in zip(axes, programs):
         parts = [_field(row, program, source, f"{SHARDING_SOURCE}: {program!r} in every preset") for row in rows]
         expected = f"{SHARDING_SOURCE}: 'memory' and 'collectives' for {program!r}"
