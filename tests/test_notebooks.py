@@ -1,13 +1,14 @@
 """colab/*.ipynb keep the shape the Colab issue asks of them, checked without executing them
 (scripts/run_notebooks.py executes them): stored without outputs, an opening cell that says what the
 notebook shows and how long it takes on CPU, GPU and TPU, one install cell that is the only setup, and one
-cell of parameters tagged for papermill. Read as plain JSON so that the test extra needs no nbformat."""
+cell of parameters tagged for papermill. Read as plain JSON, and validated against nbformat's schema."""
 
 import glob
 import json
 import os
 import re
 
+import nbformat
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,6 @@ def test_is_nbformat_4_with_the_keys_jupyter_and_colab_read(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_passes_the_nbformat_schema(path):
-    nbformat = pytest.importorskip("nbformat", reason="the [notebooks] extra validates the full schema")
     nbformat.validate(nbformat.read(path, as_version=4))
 
 
