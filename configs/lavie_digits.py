@@ -99,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.vsr.chunk_frames = 8
     config.vsr.noise_level = 50
     config.vsr.max_noise_level = 350
+    # The low-resolution training frames go through the base VAE, as the cascade's frames do.
+    config.vsr.low_res_through_base_vae = True
     config.vsr.low_res_schedule = ml_collections.ConfigDict(dict(
         schedule="scaled_linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02))
     config.vsr.train_size = 2000

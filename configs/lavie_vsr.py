@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
     chunk_frames = 8
     config.vsr = ml_collections.ConfigDict(dict(
         scale=4, canvas=4 * config.data.canvas, num_frames=config.interpolation.num_frames, chunk_frames=chunk_frames,
-        noise_level=50, max_noise_level=350, train_size=0))
+        noise_level=50, max_noise_level=350, train_size=0, low_res_through_base_vae=False))
     config.vsr.low_res_schedule = ml_collections.ConfigDict(dict(
         schedule="scaled_linear", num_train_steps=1000, beta_start=1e-4, beta_end=0.02))
     config.vsr.vae = vae_config_from_diffusers_kl(X4_UPSCALER_VAE, tile_frames=chunk_frames)

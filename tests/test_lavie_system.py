@@ -1,6 +1,7 @@
 """LaVie's system: the cascade trains end to end on a tiny config, keyframes map as LaVie maps them, the
 baselines are right, and cascade configs whose stages disagree fail naming both fields."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -9,7 +10,11 @@ from t2v_jax.config import validate
 from t2v_jax.eval.cascade import bicubic_upsample, keyframe_baselines, super_resolution_scores
 from t2v_jax.eval.evaluate import generate_and_judge
 from t2v_jax.pipelines.load import load_pipeline
-from t2v_jax.systems.lavie import base_model, interpolation_condition, keyframe_index, vsr_model
+from t2v_jax.models import video_vae
+from t2v_jax.systems.base import stage_by_name
+from t2v_jax.systems.lavie import (VSRStage, base_model, box_downsample, interpolation_condition, keyframe_index,
+                                   stages, vsr_model)
+from t2v_jax.train.stages import VAEStage
 from t2v_jax.train.run import train
 from tiny import load_config, tiny_lavie_config
 
@@ -98,3 +103,29 @@ def test_super_resolution_stage_has_its_own_text_encoder_and_prediction():
     vsr, base = vsr_model(config), base_model(config)
     assert vsr.config.diffusion.prediction_type == "v" and base.config.diffusion.prediction_type == "eps"
     assert vsr.config.text.encoder.width == 1024 and base.config.text.encoder.width == 768
+
+
+def test_super_resolution_trains_on_low_res_frames_as_the_cascade_makes_them(tmp_path):
+    """In the cascade the VSR model's low-resolution input is the base VAE's decoding of latents; with
+    `vsr.low_res_through_base_vae` training gives it the box-downsampled window coded and decoded by that VAE
+    (restored from the `vae` stage), otherwise the box-downsampled window itself."""
+    config = tiny_lavie_config(str(tmp_path / "data"))
+    rng = jax.random.PRNGKey(0)
+    base_vae_params = VAEStage(config).init_params(rng)
+    vsr_vae_params = VAEStage(config, name="vsr_vae", vae_cfg=config.vsr.vae).init_params(rng)
+    window_bthwc = jax.random.uniform(jax.random.PRNGKey(1), (2, config.vsr.chunk_frames, 32, 32, 3), minval=-1)
+    box_bthwc = box_downsample(window_bthwc, config.vsr.scale)
+
+    assert config.vsr.low_res_through_base_vae
+    assert stage_by_name(stages(config), "vsr").consumes == ("vsr_vae", "vae")
+    stage = VSRStage(config, vsr_vae_params, base_vae_params)
+    vae = video_vae.VideoVAE(config.vae)
+    latents_bthwc = video_vae.vae_encode(vae, base_vae_params, box_bthwc)
+    expected_bthwc = np.clip(video_vae.vae_decode(vae, base_vae_params, latents_bthwc), -1, 1)
+    low_res_bthwc = stage.low_res_input(window_bthwc)
+    np.testing.assert_allclose(low_res_bthwc, expected_bthwc, atol=1e-5)
+    assert np.abs(low_res_bthwc - box_bthwc).mean() > 0.05
+
+    config.vsr.low_res_through_base_vae = False
+    assert stage_by_name(stages(config), "vsr").consumes == ("vsr_vae",)
+    np.testing.assert_array_equal(VSRStage(config, vsr_vae_params).low_res_input(window_bthwc), box_bthwc)

@@ -27,7 +27,7 @@ from t2v_jax.models import lavie_unet, video_vae
 from t2v_jax.models.lavie_unet import LaVieUNet
 from t2v_jax.models.text_encoder import ByteTokenizer, CLIPTokenizer
 from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
-from t2v_jax.models.video_vae import VideoVAE, vae_encode
+from t2v_jax.models.video_vae import VideoVAE, vae_decode, vae_encode
 from t2v_jax.parallel import rules as sharding_rules
 from t2v_jax.parallel.mesh import mesh_from_config, mesh_sizes
 from t2v_jax.pipelines.lavie import LaVieCascadePipeline
@@ -175,15 +175,23 @@ class VSRStage(DiTStage):
     """Video super-resolution, LaVie's third stage: denoises the latents (of the VSR VAE) of a random
     `vsr.chunk_frames`-frame window of the clip rendered at `vsr.scale` x the size, given the same window
     box-downsampled back to the base size and noise-augmented at a random level below
-    `vsr.max_noise_level` (the level is the UNet's class label); sampling uses `vsr.noise_level`."""
+    `vsr.max_noise_level` (the level is the UNet's class label); sampling uses `vsr.noise_level`.
+
+    With `vsr.low_res_through_base_vae`, the downsampled window is first coded and decoded by the base
+    model's VAE (`base_vae_params`), because in the cascade the low-resolution frames are that VAE's output,
+    blurred as box-downsampled frames are not."""
 
     name = "vsr"
 
-    def __init__(self, config, vae_params):
+    def __init__(self, config, vae_params, base_vae_params=None):
         super().__init__(vsr_stage_config(config), vae_params, vsr_model(config))
         self.vae = VideoVAE(config.vsr.vae)
         self.data_config = self.data_for(config)
         self.low_res_schedule = low_res_schedule(config)
+        self.base_vae = VideoVAE(config.vae)
+        self.base_vae_params = base_vae_params
+        if config.vsr.low_res_through_base_vae and base_vae_params is None:
+            raise ValueError("vsr.low_res_through_base_vae needs the base VAE's params (the `vae` stage)")
 
     @staticmethod
     def data_for(config):
@@ -202,6 +210,15 @@ class VSRStage(DiTStage):
         ids, mask = self.model.tokenizer([str(c) for c in batch["caption"]])
         return {"video": np.asarray(batch["video"], np.float32), "ids": ids, "mask": mask}
 
+    def low_res_input(self, window_bthwc):
+        """The clean low-resolution frames ([-1, 1], base size) for a window of large frames."""
+        low_res_bthwc = box_downsample(window_bthwc, self.config.vsr.scale)
+        if not self.config.vsr.low_res_through_base_vae:
+            return low_res_bthwc
+        latents_bthwc = vae_encode(self.base_vae, self.base_vae_params, low_res_bthwc, tiled=False)
+        decoded_bthwc = vae_decode(self.base_vae, self.base_vae_params, latents_bthwc, tiled=False)
+        return jax.lax.stop_gradient(jnp.clip(decoded_bthwc, -1.0, 1.0))
+
     def loss_fn(self, params, batch, rng):
         window_rng, encode_rng, level_rng, noise_rng, dropout_rng, diffusion_rng = jax.random.split(rng, 6)
         vsr = self.config.vsr
@@ -213,7 +230,7 @@ class VSRStage(DiTStage):
         latents_bthwc = jax.lax.stop_gradient(vae_encode(self.vae, self.vae_params, window_bthwc, rng=encode_rng,
                                                          tiled=False))
         levels_b = jax.random.randint(level_rng, (window_bthwc.shape[0],), 0, vsr.max_noise_level)
-        low_res = box_downsample(window_bthwc, vsr.scale)
+        low_res = self.low_res_input(window_bthwc)
         low_res = add_noise(self.low_res_schedule, low_res, jax.random.normal(noise_rng, low_res.shape), levels_b)
         cond = self.encode_captions(params, batch["ids"], batch["mask"], dropout_rng)
         unet = self.model.dit
@@ -313,6 +330,8 @@ def validate_vsr(config) -> None:
     require(0 <= vsr.noise_level < vsr.max_noise_level <= vsr.unet.num_class_embeds, "vsr.noise_level",
             f"needs 0 <= vsr.noise_level ({vsr.noise_level}) < vsr.max_noise_level ({vsr.max_noise_level}) <= "
             f"vsr.unet.num_class_embeds ({vsr.unet.num_class_embeds})")
+    require(isinstance(vsr.low_res_through_base_vae, bool), "vsr.low_res_through_base_vae",
+            f"must be True or False, got {vsr.low_res_through_base_vae!r}")
     require(0 < vsr.chunk_frames <= vsr.num_frames, "vsr.chunk_frames",
             f"must be in [1, vsr.num_frames={vsr.num_frames}], got {vsr.chunk_frames}")
     factor = lavie_unet.spatial_compression(vsr.unet)
@@ -331,7 +350,8 @@ def stages(config) -> tuple[Stage, ...]:
     if "vsr" in config:
         graph += (Stage("vsr_vae", lambda config, consumed: VAEStage(
                       config, name="vsr_vae", vae_cfg=config.vsr.vae, data_config=VSRStage.data_for(config))),
-                  Stage("vsr", lambda config, consumed: VSRStage(config, consumed["vsr_vae"]), consumes=("vsr_vae",)))
+                  Stage("vsr", lambda config, consumed: VSRStage(config, consumed["vsr_vae"], consumed.get("vae")),
+                        consumes=("vsr_vae", "vae") if config.vsr.low_res_through_base_vae else ("vsr_vae",)))
     return graph
 
 
