@@ -1,6 +1,7 @@
-"""Official-weights path end to end at a tiny size: a diffusers Allegro folder (random transformer,
-VAE, T5 encoder, a real sentencepiece tokenizer) -> scripts/convert_allegro.py -> AllegroPipeline,
-compared with diffusers' own AllegroPipeline from the same starting noise."""
+"""Official-weights path end to end at a tiny size: a diffusers Allegro folder (`convert/tiny_allegro.py`:
+random transformer, VAE, T5 encoder, a real sentencepiece tokenizer) -> scripts/convert_allegro.py ->
+AllegroPipeline, compared with diffusers' own AllegroPipeline, read from the same folder, from the same
+starting noise."""
 
 import os
 import shutil
@@ -17,103 +18,44 @@ transformers = pytest.importorskip("transformers")
 sentencepiece = pytest.importorskip("sentencepiece")
 
 from t2v_jax.checks import ConfigError  # noqa: E402
-from t2v_jax.convert.allegro import read_component_configs  # noqa: E402
+from t2v_jax.convert.tiny_allegro import (CORPUS, FRAMES, HEIGHT, TEXT_LENGTH, TILE, WIDTH,  # noqa: E402
+                                           tiny_allegro_config, write_tiny_allegro)
 from t2v_jax.io.video import read_video  # noqa: E402
 from t2v_jax.pipelines.allegro import preprocess_prompt  # noqa: E402
-from t2v_jax.systems.allegro import allegro_config, load_converted  # noqa: E402
+from t2v_jax.systems.allegro import load_converted  # noqa: E402
 
 pytestmark = pytest.mark.ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FRAMES, HEIGHT, WIDTH = 4, 16, 24  # pixels: 2 x 8 x 12 latents with the x2 / x2 VAE below
-TEXT_LENGTH = 224  # holds the official template around a short prompt in this tokenizer's pieces
-TILE = dict(frames=4, size=16, overlap_frames=2, overlap=(8, 8))
-CORPUS = ["a red car drives down a rainy street at night", "a cat sleeps on a warm windowsill",
-          "waves crash on the rocks under a grey sky", "a harbor at sunrise with boats rocking gently",
-          "masterpiece best quality ultra detailed unwatermarked emotional harmonious vignette",
-          "nsfw lowres bad anatomy text error cropped worst quality jpeg artifacts watermark blurry"]
 
 
-def _perturb(model, scale=0.1):
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(scale * torch.randn_like(param))
-
-
-def _build_diffusers_folder(root):
-    """A tiny diffusers Allegro folder laid out like rhymes-ai/Allegro; returns the loaded modules."""
-    torch.manual_seed(0)
-    corpus = os.path.join(root, "corpus.txt")
-    with open(corpus, "w") as f:
-        f.write("\n".join(CORPUS * 20))
-    spm_prefix = os.path.join(root, "spiece")
-    sentencepiece.SentencePieceTrainer.train(
-        input=corpus, model_prefix=spm_prefix, vocab_size=64, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        minloglevel=2)
-    spm_dir = os.path.join(root, "spm")
-    os.makedirs(spm_dir)
-    os.replace(spm_prefix + ".model", os.path.join(spm_dir, "spiece.model"))
-    tokenizer = transformers.T5TokenizerFast.from_pretrained(spm_dir, model_max_length=TEXT_LENGTH, extra_ids=0)
-    tokenizer.save_pretrained(os.path.join(root, "allegro", "tokenizer"))
-
-    text_encoder = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
-        dropout_rate=0.0)).eval()
-    vae = diffusers.AutoencoderKLAllegro(
-        block_out_channels=(8, 16), down_block_types=("AllegroDownBlock3D",) * 2,
-        up_block_types=("AllegroUpBlock3D",) * 2, layers_per_block=1, norm_num_groups=4, latent_channels=4,
-        temporal_downsample_blocks=(True, False), temporal_upsample_blocks=(False, True),
-        temporal_compression_ratio=2, sample_size=128).eval()  # > diffusers' fixed 120 px tile overlap
-    transformer = diffusers.AllegroTransformer3DModel(
-        num_layers=2, num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-        cross_attention_dim=24, caption_channels=32, interpolation_scale_t=1.0, interpolation_scale_h=2.0,
-        interpolation_scale_w=2.0).eval()
-    for model in (text_encoder, vae, transformer):
-        _perturb(model)
-    for name, model in (("text_encoder", text_encoder), ("vae", vae), ("transformer", transformer)):
-        model.save_pretrained(os.path.join(root, "allegro", name))
-    vae.kernel = (TILE["frames"], TILE["size"], TILE["size"])
-    vae.stride = (TILE["frames"] - TILE["overlap_frames"], TILE["size"] - TILE["overlap"][0],
-                  TILE["size"] - TILE["overlap"][1])
-    vae.enable_tiling()
+def _reference_pipeline(diffusers_dir):
+    """diffusers' AllegroPipeline over the folder, tiled as the tiny config tiles and sampling with DDIM as it does."""
     scheduler = diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
-    return diffusers.AllegroPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                     transformer=transformer, scheduler=scheduler)
-
-
-def _tiny_config(diffusers_dir):
-    """allegro_config() with the tiny models' own configs and a small video."""
-    config = allegro_config("40x360p")
-    models = read_component_configs(diffusers_dir, dtype="float32")
-    config.dit = models["transformer"]
-    config.dit.param_dtype = "float32"
-    config.dit.attention = "xla"
-    config.vae = models["vae"]
-    config.vae.update(dict(tile_frames=TILE["frames"], tile_size=TILE["size"],
-                           tile_overlap_frames=TILE["overlap_frames"], tile_overlap=TILE["overlap"]))
-    config.text.encoder = models["text_encoder"]
-    config.text.max_length = TEXT_LENGTH
-    config.data.update(dict(num_frames=FRAMES, canvas=HEIGHT, width=WIDTH))
-    config.sampling.update(dict(method="ddim", num_steps=4, guidance_scale=3.0))
-    return config
+    pipeline = diffusers.AllegroPipeline.from_pretrained(diffusers_dir, scheduler=scheduler)
+    # diffusers fixes the tile frames and overlaps in __init__; tiled_encode/decode read these two.
+    pipeline.vae.kernel = (TILE["frames"], TILE["size"], TILE["size"])
+    pipeline.vae.stride = (TILE["frames"] - TILE["overlap_frames"], TILE["size"] - TILE["overlap"][0],
+                           TILE["size"] - TILE["overlap"][1])
+    pipeline.vae.enable_tiling()
+    return pipeline
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("allegro"))
-    reference = _build_diffusers_folder(root)
-    diffusers_dir, out_dir = os.path.join(root, "allegro"), os.path.join(root, "converted")
+    diffusers_dir = write_tiny_allegro(os.path.join(root, "allegro"))
+    out_dir = os.path.join(root, "converted")
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "convert_allegro.py"),
                              "--diffusers-dir", diffusers_dir, "--out", out_dir, "--dtype", "float32"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    return reference, diffusers_dir, out_dir
+    return _reference_pipeline(diffusers_dir), diffusers_dir, out_dir
 
 
 def test_pipeline_matches_diffusers_from_the_same_noise(converted):
     reference, diffusers_dir, out_dir = converted
-    config = _tiny_config(diffusers_dir)
+    config = tiny_allegro_config(diffusers_dir)
     pipeline = load_converted(config, out_dir)
     prompt = "A harbor at sunrise, boats rocking gently"
     noise_bcthw = torch.randn((1, 4, 2, HEIGHT // 2, WIDTH // 2), generator=torch.Generator().manual_seed(0))
@@ -132,14 +74,14 @@ def test_pipeline_matches_diffusers_from_the_same_noise(converted):
 
 def test_prompt_over_the_caption_budget_is_refused(converted):
     _, diffusers_dir, out_dir = converted
-    pipeline = load_converted(_tiny_config(diffusers_dir), out_dir)
+    pipeline = load_converted(tiny_allegro_config(diffusers_dir), out_dir)
     with pytest.raises(ValueError, match=rf"prompt 0 .* over the caption budget config.text.max_length={TEXT_LENGTH}"):
         pipeline.generate([" ".join(CORPUS * 4)])
 
 
 def test_config_of_another_checkpoint_is_named(converted):
     _, diffusers_dir, out_dir = converted
-    config = _tiny_config(diffusers_dir)
+    config = tiny_allegro_config(diffusers_dir)
     config.dit.rope_interpolation_scale = (2.2, 2.0, 2.0)
     with pytest.raises(ConfigError, match=r"dit\.rope_interpolation_scale"):
         load_converted(config, out_dir)
@@ -149,12 +91,10 @@ def test_sample_script_writes_a_video_from_the_converted_folder(converted, tmp_p
     _, diffusers_dir, out_dir = converted
     config_file = tmp_path / "tiny_allegro.py"
     config_file.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_allegro_pipeline import _tiny_config
+        from t2v_jax.convert.tiny_allegro import tiny_allegro_config
 
         def get_config():
-            return _tiny_config({diffusers_dir!r})
+            return tiny_allegro_config({diffusers_dir!r})
     """))
     out = tmp_path / "a.gif"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sample.py"), f"--config={config_file}",
