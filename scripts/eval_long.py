@@ -38,8 +38,8 @@ def main(argv):
     pipeline = load_pipeline(config, _CHECKPOINT.value)
     if not hasattr(pipeline, "generate_long"):
         raise ValueError(f"system {config.system!r} does not generate one caption per segment (no generate_long)")
-    scores = generate_and_judge_long(lambda captions, seed: pipeline.generate_long(captions, seed=seed)[0],
-                                     config.data, _NUM.value, _SEGMENTS.value, seed=_SEED.value)
+    scores, _ = generate_and_judge_long(lambda captions, seed: pipeline.generate_long(captions, seed=seed)[0],
+                                        config.data, _NUM.value, _SEGMENTS.value, seed=_SEED.value)
     per_segment = scores["segment_scores"]
     for segment in (s for s in REPORTED_SEGMENTS if s <= _SEGMENTS.value):
         print(f"segment {segment:>2}: all three {per_segment['all'][segment - 1]:.1%} | digit "

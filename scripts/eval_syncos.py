@@ -24,10 +24,9 @@ from ml_collections import config_flags
 from t2v_jax import cli
 from t2v_jax.config import validate
 from t2v_jax.data.bouncing_digits import sample_long_videos
-from t2v_jax.eval.judge import Judge
-from t2v_jax.eval.long_video import boundary_jump, generate_and_judge_long, identity_consistency, segment_scores
+from t2v_jax.eval.long_video import generate_and_judge_long, judge_long, syncos_generate_long
 from t2v_jax.pipelines.load import load_pipeline
-from t2v_jax.pipelines.syncos import MODES, StructuredPrompt
+from t2v_jax.pipelines.syncos import MODES
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the checkpoint was trained with.",
                                           lock_config=True)
@@ -39,17 +38,6 @@ _SEED = flags.DEFINE_integer("seed", 1234, "Seed of the stories and of sampling.
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Videos per sampling call (one compile per length and mode).")
 _OUT = flags.DEFINE_string("out", None, "Also write the scores and times to this JSON file.")
 flags.mark_flags_as_required(["config", "checkpoint"])
-
-
-def structured_prompt(captions_s, segment_latent_frames: int) -> StructuredPrompt:
-    """'a red 3 moving left', 'a red 3 moving up', ... -> global 'a red 3', local 'moving left' over segment 0's
-    latent frames, and so on; the chunk texts then join them back into the training captions."""
-    subjects = {caption.partition(" moving ")[0] for caption in captions_s}
-    if len(subjects) != 1:
-        raise ValueError(f"a story must keep one subject; its captions name {sorted(subjects)}")
-    return StructuredPrompt(subjects.pop(), tuple(
-        ("moving " + caption.partition(" moving ")[2], i * segment_latent_frames, (i + 1) * segment_latent_frames)
-        for i, caption in enumerate(captions_s)))
 
 
 def timing_sampling_phase(pipeline, seconds: list):
@@ -64,16 +52,6 @@ def timing_sampling_phase(pipeline, seconds: list):
         return outputs
 
     pipeline.run = timed_run
-
-
-def ground_truth_scores(videos_nthwc, captions_ns, segment_frames: int) -> dict:
-    """The rendered stories judged as the models' videos are: what the judge can reach."""
-    judge = Judge.fit(canvas=videos_nthwc.shape[2])
-    scores = segment_scores(judge, videos_nthwc, captions_ns, segment_frames)
-    return dict(segment_scores={name: values.tolist() for name, values in scores.items()},
-                identity_consistency=identity_consistency(judge, videos_nthwc, segment_frames),
-                identity_vs_captions=identity_consistency(judge, videos_nthwc, segment_frames, captions_ns),
-                boundary_jump=boundary_jump(videos_nthwc, segment_frames) if len(captions_ns[0]) > 1 else None)
 
 
 def _mean(values) -> float:
@@ -111,26 +89,25 @@ def main(argv):
     seconds = []
     timing_sampling_phase(pipeline, seconds)
     settings = pipeline.syncos_settings()
-    segment_frames, segment_latent_frames = config.data.num_frames, pipeline.latent_shape[0]
+    segment_frames = config.data.num_frames
     batch_size = min(_BATCH.value, _NUM.value)
     results = {}
     for length in lengths:
         videos_nthwc, captions_ns = sample_long_videos(_NUM.value, "test", seed=_SEED.value, num_segments=length,
                                                        segment_frames=segment_frames, canvas=config.data.canvas)
-        by_mode = {"ground truth": ground_truth_scores(videos_nthwc, captions_ns, segment_frames)}
+        # The rendered stories judged as the models' videos are: what the judge can reach.
+        by_mode = {"ground truth": judge_long(videos_nthwc, captions_ns, segment_frames)}
         for mode in _MODES.value:
             syncos = settings.copy_and_resolve_references()
             syncos.mode = mode
 
             def generate_long(captions_ns, seed, syncos=syncos):
-                prompts = [structured_prompt(captions_s, segment_latent_frames) for captions_s in captions_ns]
-                return pipeline.generate_multi_prompt(prompts, length * segment_latent_frames, syncos=syncos,
-                                                      seed=seed)
+                return syncos_generate_long(pipeline, captions_ns, seed=seed, syncos=syncos)
 
             generate_long(captions_ns[:batch_size], _SEED.value)  # warm-up: compiles this length and mode
             seconds.clear()
-            scores = generate_and_judge_long(generate_long, config.data, _NUM.value, length, seed=_SEED.value,
-                                             batch_size=batch_size)
+            scores, _ = generate_and_judge_long(generate_long, config.data, _NUM.value, length, seed=_SEED.value,
+                                                batch_size=batch_size)
             by_mode[mode] = dict(scores, seconds=sum(seconds), batches=len(seconds))
         if "co_denoise" in by_mode:
             for mode in _MODES.value:

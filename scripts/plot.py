@@ -5,10 +5,12 @@
   python scripts/plot.py --kind long_video --inputs malt_bench.json --out long_video.png
   python scripts/plot.py --kind decoding --inputs flashvideo_bench.json --out decoding.png
   python scripts/plot.py --kind sharding --inputs sharding.json --out sharding.png
+  python scripts/plot.py --kind segment_accuracy --inputs malt_long.json,syncos.json --out segments.png
 
 curves reads every <stage>/metrics.jsonl under each --workdir of scripts/train.py; long_video and decoding
 read the JSON of scripts/benchmark.py for configs/malt_digits.py and configs/flashvideo.py; sharding reads
-the --out JSON of scripts/compare_sharding.py. The figures are drawn by t2v_jax/eval/plots.py.
+the --out JSON of scripts/compare_sharding.py; segment_accuracy reads one or more --out JSONs of
+scripts/eval_long.py and scripts/eval_syncos.py. The figures are drawn by t2v_jax/eval/plots.py.
 """
 
 import json
@@ -23,8 +25,9 @@ from t2v_jax.eval import plots
 JSON_FIGURES = {"long_video": plots.long_video_figure, "decoding": plots.decoding_figure,
                 "sharding": plots.sharding_figure}
 
-_KIND = flags.DEFINE_enum("kind", None, ["curves", *JSON_FIGURES], "Which figure to draw.")
-_INPUTS = flags.DEFINE_list("inputs", None, "curves: one or more training workdirs; the other kinds: one JSON.")
+_KIND = flags.DEFINE_enum("kind", None, ["curves", "segment_accuracy", *JSON_FIGURES], "Which figure to draw.")
+_INPUTS = flags.DEFINE_list("inputs", None, "curves: one or more training workdirs; segment_accuracy: one or "
+                            "more JSONs; the other kinds: one JSON.")
 _OUT = flags.DEFINE_string("out", None, "Where the PNG goes.")
 _TITLE = flags.DEFINE_string("title", None, "Replaces the figure's default title.")
 flags.mark_flags_as_required(["kind", "inputs", "out"])
@@ -34,6 +37,8 @@ def main(argv):
     del argv
     if _KIND.value == "curves":
         figure = plots.curves_figure(plots.read_curves(_INPUTS.value))
+    elif _KIND.value == "segment_accuracy":
+        figure = plots.segment_accuracy_figure(plots.read_segment_scores(_INPUTS.value), ",".join(_INPUTS.value))
     else:
         if len(_INPUTS.value) != 1:
             raise ValueError(f"--kind {_KIND.value} reads one JSON file, got --inputs {','.join(_INPUTS.value)}")

@@ -167,8 +167,9 @@ def test_long_video_scoring_checks_its_inputs(judge, judged_videos):
 
 
 def test_generate_and_judge_long_scores_a_model_on_test_stories():
-    """The rendered stories as the "model" score ~100% on every segment; a model that draws nothing scores 0
-    and is not consistent; the videos reach the model in fixed-size batches with their captions."""
+    """The rendered stories as the "model" score ~100% on every segment, as `judge_long` scores them; a model
+    that draws nothing scores 0 and is not consistent; the videos reach the model in fixed-size batches with
+    their captions, and come back in story order without the padding."""
     data = load_config("malt_digits").data
     truth, captions = bd.sample_long_videos(5, "test", seed=3, num_segments=3, segment_frames=data.num_frames,
                                             canvas=data.canvas)
@@ -179,10 +180,45 @@ def test_generate_and_judge_long_scores_a_model_on_test_stories():
         index = [captions.index(c) if c in captions else 0 for c in captions_ns]
         return truth[index]
 
-    scores = long_video.generate_and_judge_long(render, data, 5, 3, seed=3, batch_size=4, progress=False)
+    scores, videos_nthwc = long_video.generate_and_judge_long(render, data, 5, 3, seed=3, batch_size=4,
+                                                              progress=False)
     assert calls == [(4, 3), (4, 7)]
+    np.testing.assert_array_equal(videos_nthwc, truth)
     assert min(scores["segment_scores"]["all"]) >= 0.95 and scores["identity_consistency"] >= 0.99
     assert scores["boundary_jump"]["ratio"] == pytest.approx(1.0)
-    blank = long_video.generate_and_judge_long(lambda c, s: np.zeros((len(c),) + truth.shape[1:], np.uint8), data, 5,
-                                               3, seed=3, batch_size=4, progress=False)
+    assert scores == dict(long_video.judge_long(truth, captions, data.num_frames), num_videos=5, num_segments=3)
+    blank, _ = long_video.generate_and_judge_long(lambda c, s: np.zeros((len(c),) + truth.shape[1:], np.uint8),
+                                                  data, 5, 3, seed=3, batch_size=4, progress=False)
     assert max(blank["segment_scores"]["all"]) == 0 and blank["identity_consistency"] == 0
+    one_segment = long_video.judge_long(truth[:, :data.num_frames], [c[:1] for c in captions], data.num_frames)
+    assert one_segment["boundary_jump"] is None and len(one_segment["segment_scores"]["all"]) == 1
+
+
+def test_a_story_becomes_one_structured_prompt_over_its_segments_latent_frames():
+    """Global prompt the subject, one local prompt per segment over its latent frames; its chunk texts are
+    the story's own captions again. A story that changes subject is refused."""
+    captions_s = ["a red 3 moving left", "a red 3 moving up", "a red 3 moving right"]
+    prompt = long_video.story_prompt(captions_s, 4)
+    assert prompt.global_prompt == "a red 3"
+    assert prompt.local == (("moving left", 0, 4), ("moving up", 4, 8), ("moving right", 8, 12))
+    assert prompt.chunk_texts(12, 4, 4) == tuple(captions_s)
+    with pytest.raises(ValueError, match="one subject"):
+        long_video.story_prompt(["a red 3 moving left", "a blue 3 moving up"], 4)
+
+
+def test_syncos_generate_long_samples_each_story_at_segments_times_the_native_length():
+    """SynCoS gets one structured prompt per story and the story's length in latent frames, with the seed and
+    the sampler settings it was handed."""
+    calls = []
+
+    class RecordingPipeline:
+        latent_shape = (4, 2, 2, 8)
+
+        def generate_multi_prompt(self, prompts, num_latent_frames, *, syncos, seed):
+            calls.append((prompts, num_latent_frames, syncos, seed))
+            return np.zeros((len(prompts), 2 * num_latent_frames, 16, 16, 3), np.uint8)
+
+    _, captions = bd.sample_long_videos(2, "test", seed=5, num_segments=3)
+    videos_nthwc = long_video.syncos_generate_long(RecordingPipeline(), captions, seed=9, syncos="settings")
+    assert videos_nthwc.shape == (2, 24, 16, 16, 3)
+    assert calls == [([long_video.story_prompt(captions_s, 4) for captions_s in captions], 12, "settings", 9)]

@@ -41,6 +41,18 @@ SHARDING = {"device": "cpu", "num_devices": 8, "presets": [
          train_step=_program(2 * MIB, MIB // 2, 3 * MIB), sampling_step=_program(MIB // 4, 0, MIB))]}
 
 
+def _segment_scores(all_s, digit_s, colour_s, direction_s, **extra):
+    """A run as `eval/long_video.py` scores it (the fields the figure does not read included)."""
+    return dict(segment_scores=dict(all=all_s, digit=digit_s, colour=colour_s, direction=direction_s),
+                identity_consistency=0.5, identity_vs_captions=0.5, boundary_jump=None, **extra)
+
+
+MALT_SCORES = _segment_scores([0.5, 0.25, 0.75], [0.5, 0.5, 0.75], [1.0, 0.75, 1.0], [1.0, 0.5, 1.0],
+                              num_videos=4, num_segments=3)
+SYNCOS_SCORES = _segment_scores([0.125, 0.0], [0.25, 0.5], [0.875, 1.0], [0.375, 0.0], num_videos=8,
+                                num_segments=2)
+
+
 def _write_metrics(stage_dir, rows):
     os.makedirs(stage_dir)
     with open(os.path.join(stage_dir, "metrics.jsonl"), "w") as f:
@@ -127,12 +139,44 @@ def test_sharding_draws_one_bar_per_compiled_preset_and_program():
     assert figure.get_suptitle() == "Sharding presets on 8 x cpu"
 
 
+def test_segment_accuracy_draws_each_run_s_accuracy_in_percent_against_the_segment_one_panel_per_attribute():
+    runs = {"MALT": MALT_SCORES, "SynCoS": SYNCOS_SCORES}
+    figure = plots.segment_accuracy_figure(runs, "this notebook")
+    assert [ax.get_title() for ax in figure.axes] == ["all three", "digit", "colour", "direction"]
+    for ax, attribute in zip(figure.axes, ["all", "digit", "colour", "direction"]):
+        lines = _lines(ax)
+        assert list(lines) == ["MALT", "SynCoS"]
+        for label, (segments, percent) in lines.items():
+            expected = runs[label]["segment_scores"][attribute]
+            assert segments == list(range(1, len(expected) + 1))
+            np.testing.assert_allclose(percent, [100 * value for value in expected], err_msg=f"{label} {attribute}")
+        assert ax.get_xlabel() == "segment" and ax.get_ylim() == (-3, 103)
+    assert figure.axes[0].get_ylabel() == "accuracy against the segment's caption (%)"
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["MALT", "SynCoS"]
+    with pytest.raises(ValueError, match="^empty.json: no runs to draw"):
+        plots.segment_accuracy_figure({}, "empty.json")
+
+
+def test_segment_scores_are_read_from_eval_long_s_json_and_each_length_and_mode_of_eval_syncos_s(tmp_path):
+    malt, syncos = tmp_path / "malt_long.json", tmp_path / "syncos.json"
+    malt.write_text(json.dumps(MALT_SCORES))
+    ground_truth = _segment_scores([1.0], [1.0], [1.0], [1.0])
+    syncos.write_text(json.dumps(dict(system="latent_diffusion", num=8, results={
+        "4x": {"ground truth": ground_truth, "syncos": SYNCOS_SCORES},
+        "8x": {"syncos": MALT_SCORES}})))
+    runs = plots.read_segment_scores([str(malt), str(syncos)])
+    assert runs == {"malt_long": MALT_SCORES, "syncos: ground truth, 4x": ground_truth,
+                    "syncos: syncos, 4x": SYNCOS_SCORES, "syncos: syncos, 8x": MALT_SCORES}
+
+
 @pytest.mark.parametrize("draw,data,key", [
     (plots.long_video_figure, DECODING, "long_video"),
     (plots.decoding_figure, LONG_VIDEO, "decoding"),
     (plots.sharding_figure, LONG_VIDEO, "presets"),
     (plots.long_video_figure, {"long_video": [dict(segments=4, output_bytes=1)]}, "temporaries_bytes"),
     (plots.decoding_figure, {"decoding": {"rows": [dict(length=256, retention={})]}}, "ms_per_token"),
+    (plots.segment_accuracy_figure, {"MALT": LONG_VIDEO}, "segment_scores"),
+    (plots.segment_accuracy_figure, {"MALT": {"segment_scores": dict(all=[0.5], colour=[1.0])}}, "digit"),
 ])
 def test_a_json_of_another_kind_is_refused_naming_the_file_and_key(draw, data, key):
     with pytest.raises(ValueError, match=f"^other.json: missing key '{key}'"):
@@ -148,3 +192,15 @@ def test_the_script_writes_the_png(tmp_path):
     assert result.returncode == 0, result.stderr
     height, width, _ = imread(out).shape
     assert (width, height) == (11 * 150, int(4.2 * 150))
+
+
+def test_the_script_draws_segment_accuracy_from_several_jsons(tmp_path):
+    malt, syncos, out = tmp_path / "malt.json", tmp_path / "syncos.json", tmp_path / "segments.png"
+    malt.write_text(json.dumps(MALT_SCORES))
+    syncos.write_text(json.dumps(dict(results={"2x": {"syncos": SYNCOS_SCORES}})))
+    result = subprocess.run([sys.executable, "scripts/plot.py", "--kind", "segment_accuracy", "--inputs",
+                             f"{malt},{syncos}", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert result.returncode == 0, result.stderr
+    height, width, _ = imread(out).shape
+    assert (width, height) == (14 * 150, int(3.8 * 150))

@@ -1,5 +1,7 @@
 """mp4/gif writing and reading, grids and float -> uint8 conversion."""
 
+import base64
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,16 @@ def test_gif_keeps_repeated_frames(tmp_path):
     held_thwc = np.repeat(videos_nthwc[0, :3], [1, 3, 2], axis=0)
     video_io.write_video(tmp_path / "held.gif", held_thwc, fps=10)
     np.testing.assert_array_equal(video_io.read_video(tmp_path / "held.gif"), held_thwc)
+
+
+def test_gif_img_tag_embeds_the_upscaled_gif_it_writes(tmp_path):
+    videos_nthwc, _ = bd.sample_videos(1, seed=2)
+    path = tmp_path / "shown" / "digit.gif"
+    tag = video_io.gif_img_tag(path, videos_nthwc[0], fps=8, scale=3)
+    prefix, suffix = '<img src="data:image/gif;base64,', '">'
+    assert tag.startswith(prefix) and tag.endswith(suffix)
+    assert base64.b64decode(tag[len(prefix):-len(suffix)]) == path.read_bytes()
+    np.testing.assert_array_equal(video_io.read_video(path), video_io.upscale(videos_nthwc[0], 3))
 
 
 def test_mp4_round_trip_is_close_and_padded_to_macro_blocks(tmp_path):

@@ -5,6 +5,9 @@ clip of its own, so per-segment accuracy shows where along the video a model dri
 64) and whether each local prompt's direction was followed (SynCoS). Identity consistency asks whether the
 subject stays the same digit in the same colour over the whole video; boundary jumps ask whether the segments
 join up or the digit teleports where one segment (or chunk) hands over to the next.
+
+A story's captions reach MALT as they are (`MALTPipeline.generate_long`, one caption per segment) and SynCoS as
+one structured prompt (`story_prompt`, `syncos_generate_long`), so both systems are judged on the same stories.
 """
 
 import numpy as np
@@ -12,6 +15,7 @@ from tqdm.auto import tqdm
 
 from t2v_jax.data.bouncing_digits import sample_long_videos
 from t2v_jax.eval.judge import NOT_FOUND, Judge, brightness, centroid_track, parse_caption
+from t2v_jax.pipelines.syncos import StructuredPrompt
 
 ATTRIBUTES = ("digit", "colour", "direction")
 
@@ -95,15 +99,30 @@ def boundary_jump(videos_nthwc_uint8, segment_frames):
     return dict(jump_px=jump_px, step_px=step_px, ratio=jump_px / step_px if step_px > 0 else float("nan"))
 
 
+def judge_long(videos_nthwc_uint8, captions_ns, segment_frames: int) -> dict:
+    """Every long-video score of N videos against their captions, with a judge fitted to the videos' size:
+    dict(segment_scores (name -> S floats), identity_consistency, identity_vs_captions, boundary_jump (None
+    for one segment)). The rendered stories judged so are the ceiling a model's videos can reach."""
+    videos_nthwc_uint8 = np.asarray(videos_nthwc_uint8)
+    judge = Judge.fit(canvas=videos_nthwc_uint8.shape[2])
+    scores = segment_scores(judge, videos_nthwc_uint8, captions_ns, segment_frames)
+    return dict(segment_scores={name: values.tolist() for name, values in scores.items()},
+                identity_consistency=identity_consistency(judge, videos_nthwc_uint8, segment_frames),
+                identity_vs_captions=identity_consistency(judge, videos_nthwc_uint8, segment_frames, captions_ns),
+                boundary_jump=(boundary_jump(videos_nthwc_uint8, segment_frames)
+                               if _num_segments(videos_nthwc_uint8, segment_frames) > 1 else None))
+
+
 def generate_and_judge_long(generate_long, data_cfg, num_videos: int, num_segments: int, *, seed: int = 0,
-                            batch_size: int = 32, progress: bool = True) -> dict:
+                            batch_size: int = 32, progress: bool = True) -> tuple[dict, np.ndarray]:
     """Per-segment scores of a long-video model on test-split story prompts (unseen glyphs, one caption per
-    segment), next to the same scores of the rendered ground truth.
+    segment), and the videos it made.
 
     `generate_long(captions_ns, seed) -> uint8 videos (N, S * F, H, W, 3)` is the model under test (e.g.
-    `MALTPipeline.generate_long` with its state dropped); videos go in fixed-size batches (one compile).
-    Returns dict(segment_scores (name -> S floats), identity_consistency, identity_vs_captions,
-    boundary_jump, num_videos, num_segments)."""
+    `MALTPipeline.generate_long` with its state dropped, or `syncos_generate_long`); videos go in fixed-size
+    batches (one compile). The stories are `sample_long_videos(num_videos, "test", seed=seed, ...)`, whose
+    rendered videos are the ground truth. Returns (`judge_long`'s dict plus num_videos and num_segments,
+    uint8 videos (num_videos, S * F, H, W, 3))."""
     _, captions_ns = sample_long_videos(num_videos, "test", seed=seed, num_segments=num_segments,
                                         segment_frames=data_cfg.num_frames, canvas=data_cfg.canvas)
     padded = list(captions_ns) + [captions_ns[0]] * (-num_videos % batch_size)
@@ -111,11 +130,26 @@ def generate_and_judge_long(generate_long, data_cfg, num_videos: int, num_segmen
     for start in tqdm(range(0, len(padded), batch_size), desc="generate", disable=not progress):
         videos.append(np.asarray(generate_long(padded[start:start + batch_size], seed + start)))
     videos_nthwc = np.concatenate(videos)[:num_videos]
-    judge = Judge.fit(canvas=videos_nthwc.shape[2])
-    frames = data_cfg.num_frames
-    scores = segment_scores(judge, videos_nthwc, captions_ns, frames)
-    return dict(segment_scores={name: values.tolist() for name, values in scores.items()},
-                identity_consistency=identity_consistency(judge, videos_nthwc, frames),
-                identity_vs_captions=identity_consistency(judge, videos_nthwc, frames, captions_ns),
-                boundary_jump=boundary_jump(videos_nthwc, frames) if num_segments > 1 else None,
-                num_videos=num_videos, num_segments=num_segments)
+    scores = judge_long(videos_nthwc, captions_ns, data_cfg.num_frames)
+    return dict(scores, num_videos=num_videos, num_segments=num_segments), videos_nthwc
+
+
+def story_prompt(captions_s, segment_latent_frames: int) -> StructuredPrompt:
+    """'a red 3 moving left', 'a red 3 moving up', ... -> global 'a red 3', local 'moving left' over segment 0's
+    latent frames, and so on; the chunk texts then join them back into the training captions."""
+    subjects = {caption.partition(" moving ")[0] for caption in captions_s}
+    if len(subjects) != 1:
+        raise ValueError(f"a story must keep one subject; its captions name {sorted(subjects)}")
+    return StructuredPrompt(subjects.pop(), tuple(
+        ("moving " + caption.partition(" moving ")[2], i * segment_latent_frames, (i + 1) * segment_latent_frames)
+        for i, caption in enumerate(captions_s)))
+
+
+def syncos_generate_long(pipeline, captions_ns, *, seed: int = 0, syncos=None) -> np.ndarray:
+    """SynCoS's counterpart of `MALTPipeline.generate_long`: uint8 videos (N, S * F, H, W, 3) of N stories of
+    S segment captions, each segment the base model's native length (`pipeline.latent_shape[0]` latent
+    frames), sampled by `pipeline.generate_multi_prompt` with `syncos` (None: `pipeline.syncos_settings()`)."""
+    segment_latent_frames = pipeline.latent_shape[0]
+    prompts = [story_prompt(captions_s, segment_latent_frames) for captions_s in captions_ns]
+    return pipeline.generate_multi_prompt(prompts, len(captions_ns[0]) * segment_latent_frames, syncos=syncos,
+                                          seed=seed)

@@ -7,11 +7,12 @@ Each function checks the keys it reads and raises ValueError naming the file and
 the usual mistake is handing it another kind's JSON.
 """
 
+import json
 import os
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, StrMethodFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, StrMethodFormatter
 
 from t2v_jax.train.trainer import read_metrics
 
@@ -21,12 +22,16 @@ MIB = 2**20
 LONG_VIDEO_SOURCE = "the JSON of `scripts/benchmark.py --config configs/malt_digits.py`"
 DECODING_SOURCE = "the JSON of `scripts/benchmark.py --config configs/flashvideo.py`"
 SHARDING_SOURCE = "the JSON of `scripts/compare_sharding.py --out`"
+SEGMENTS_SOURCE = "the --out JSON of `scripts/eval_long.py` or `scripts/eval_syncos.py`"
 
 # The decoding benchmark's mixers (t2v_jax/benchmarks/decoding.py) and their legend entries.
 DECODERS = {"retention": "RetNet, recurrent form", "attention": "Transformer, KV cache"}
 
 # The programs scripts/compare_sharding.py compiles (its --steps), as they appear in its JSON.
 SHARDED_PROGRAMS = {"train_step": "DiT train step", "sampling_step": "guided DDIM sampling step"}
+
+# The judge's per-segment accuracies (`eval/long_video.py`'s segment_scores), one panel each.
+SEGMENT_ATTRIBUTES = {"all": "all three", "digit": "digit", "colour": "colour", "direction": "direction"}
 
 
 def _field(record, key: str, source: str, expected: str):
@@ -190,4 +195,45 @@ def sharding_figure(compare: dict, source: str) -> Figure:
             ax.set_title(f"{SHARDED_PROGRAMS[program]}: {title}")
             ax.grid(True, axis="y", alpha=0.3)
     figure.suptitle(f"Sharding presets on {compare.get('num_devices', '?')} x {compare.get('device', 'device')}")
+    return figure
+
+
+def read_segment_scores(paths: list[str]) -> dict[str, dict]:
+    """{label: long-video scores} from the --out JSONs of `scripts/eval_long.py` (one run, labelled by the
+    file's name) and `scripts/eval_syncos.py` (one run per length and mode, "syncos: co_denoise, 4x")."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            record = json.load(f)
+        name = os.path.splitext(os.path.basename(path))[0]
+        if isinstance(record, dict) and "results" in record:
+            for length, by_mode in record["results"].items():
+                runs.update({f"{name}: {mode}, {length}": scores for mode, scores in by_mode.items()})
+        else:
+            runs[name] = record
+    return runs
+
+
+def segment_accuracy_figure(runs: dict[str, dict], source: str) -> Figure:
+    """Accuracy of each segment against its own caption, against the segment's place in the video, one line
+    per run and one panel per attribute: where a long video drifts (MALT's late segments) or stops following
+    its local prompts (SynCoS's directions) shows as a line that falls."""
+    if not runs:
+        raise ValueError(f"{source}: no runs to draw; expected {SEGMENTS_SOURCE}")
+    figure, axes = _new_figure(14, 3.8, (1, len(SEGMENT_ATTRIBUTES)))
+    for label, scores in runs.items():
+        expected = f"{SEGMENTS_SOURCE} (run {label!r})"
+        accuracies = _field(scores, "segment_scores", source, expected)
+        for ax, attribute in zip(axes[0], SEGMENT_ATTRIBUTES):
+            accuracy_s = _field(accuracies, attribute, source, expected)
+            ax.plot(range(1, len(accuracy_s) + 1), [100 * value for value in accuracy_s], "o-", label=label)
+    for ax, title in zip(axes[0], SEGMENT_ATTRIBUTES.values()):
+        ax.set_title(title)
+        ax.set_xlabel("segment")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(-3, 103)
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].set_ylabel("accuracy against the segment's caption (%)")
+    axes[0, 0].legend()
+    figure.suptitle("Per-segment accuracy over the video")
     return figure

@@ -4,6 +4,7 @@ Everything here is uint8 (T, H, W, 3) on the host; models produce float video in
 `to_uint8` converts once at the boundary.
 """
 
+import base64
 import contextlib
 import logging
 import math
@@ -77,6 +78,14 @@ def write_video(path, frames_thwc_uint8, fps=8, *, scale=1):
         _write_gif(path, frames_thwc, fps)
     else:
         _write_mp4(path, pad_to_multiple(frames_thwc, MACRO_BLOCK), fps)
+
+
+def gif_img_tag(path, frames_thwc_uint8, fps=8, *, scale=1) -> str:
+    """Writes the video as a looping .gif at `path` (`write_video`) and returns an HTML <img> that embeds it
+    as base64 data: a notebook shows it as an animation, and still does once saved or opened elsewhere."""
+    write_video(path, frames_thwc_uint8, fps=fps, scale=scale)
+    with open(path, "rb") as f:
+        return f'<img src="data:image/gif;base64,{base64.b64encode(f.read()).decode()}">'
 
 
 def _write_mp4(path, frames_thwc, fps):
