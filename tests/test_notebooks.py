@@ -37,8 +37,9 @@ def _ids(paths):
     return [os.path.basename(path) for path in paths]
 
 
-def test_the_first_notebooks_exist():
-    assert {"sharding.ipynb", "retnet_speed.ipynb"} <= set(_ids(NOTEBOOKS))
+def test_the_five_notebooks_exist():
+    assert {"quickstart.ipynb", "allegro.ipynb", "long_video.ipynb", "sharding.ipynb",
+            "retnet_speed.ipynb"} <= set(_ids(NOTEBOOKS))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -91,3 +92,13 @@ def test_one_parameters_cell_right_after_the_install_cell(path):
     code = _code_cells(_load(path))
     tagged = [index for index, cell in enumerate(code) if "parameters" in cell["metadata"].get("tags", [])]
     assert tagged == [1], f"code cells tagged 'parameters': {tagged}; expected exactly the second code cell"
+
+
+def test_the_readme_opens_every_notebook_in_colab():
+    """README's notebooks table links each colab/*.ipynb through Colab's GitHub URL for REPO, on main."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    owner_and_name = re.search(r'github\.com/([^"]+?)\.git"', REPO_LINE).group(1)
+    links = set(re.findall(rf"https://colab\.research\.google\.com/github/{re.escape(owner_and_name)}/blob/main/"
+                           r"(colab/[\w.-]+\.ipynb)\)", readme))
+    assert links == {os.path.relpath(path, ROOT) for path in NOTEBOOKS}
