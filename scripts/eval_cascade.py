@@ -6,7 +6,8 @@ Interpolation: the test clips' keyframes (every frame_rate-th frame of the clip 
 frame rate) are encoded, interpolated and decoded; PSNR on the frames between keyframes against the
 rendered ones, next to repeating the last keyframe and blending the two around each frame.
 Super-resolution (when the config has it): the test clips at the interpolated frame rate, box-downsampled,
-are upscaled; PSNR and SSIM against the clips rendered at the larger size, next to bicubic. The prompt
+are upscaled; PSNR and SSIM against the clips rendered at the larger size, next to bicubic; then the same
+from those low-resolution clips coded and decoded by the base VAE, as the cascade hands frames over. The prompt
 accuracy of the base model and of the whole cascade comes from scripts/eval.py
 (--config.eval.stage=base for the base model alone).
 """
@@ -69,11 +70,14 @@ def main(argv):
 
         scores["vsr"] = super_resolution_scores(upscale, config.data, config.interpolation.frame_rate,
                                                 config.vsr.scale, _NUM.value, round_trip=vsr_round_trip,
-                                                seed=_SEED.value)
+                                                low_res_round_trip=round_trip, seed=_SEED.value)
         v = scores["vsr"]
         print(f"super-resolution x{config.vsr.scale} ({v['num_videos']} test clips): model PSNR {v['model_psnr']:.2f} dB, "
               f"SSIM {v['model_ssim']:.3f} | bicubic PSNR {v['bicubic_psnr']:.2f} dB, SSIM {v['bicubic_ssim']:.3f} | "
               f"the VSR VAE's round trip (ceiling) PSNR {v['vae_ceiling_psnr']:.2f} dB, SSIM {v['vae_ceiling_ssim']:.3f}")
+        print(f"  from low-res frames coded by the base VAE, as in the cascade: model PSNR "
+              f"{v['model_after_base_vae_psnr']:.2f} dB, SSIM {v['model_after_base_vae_ssim']:.3f} | bicubic PSNR "
+              f"{v['bicubic_after_base_vae_psnr']:.2f} dB, SSIM {v['bicubic_after_base_vae_ssim']:.3f}")
     print(json.dumps(scores))
     if _OUT.value:
         with open(_OUT.value, "w") as f:

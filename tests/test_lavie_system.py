@@ -46,6 +46,11 @@ def test_super_resolution_scores_against_the_large_rendering():
     assert scores["model_psnr"] == scores["bicubic_psnr"] and scores["model_ssim"] == scores["bicubic_ssim"]
     assert scores["vae_ceiling_psnr"] == 100.0 and scores["vae_ceiling_ssim"] == pytest.approx(1.0)
     assert 20 < scores["bicubic_psnr"] < 100
+    # The low-resolution clips coded by the base VAE (here: darkened) reach the model and bicubic alike.
+    coded = super_resolution_scores(lambda low_res, _: bicubic_upsample(low_res, 2), data, 4, 2, 4,
+                                    low_res_round_trip=lambda videos: videos // 2, progress=False)
+    assert coded["model_after_base_vae_psnr"] == coded["bicubic_after_base_vae_psnr"] < scores["bicubic_psnr"] - 1
+    assert coded["model_psnr"] == scores["model_psnr"]
     blank = super_resolution_scores(lambda low_res, _: np.zeros_like(bicubic_upsample(low_res, 2)), data, 4, 2, 4,
                                     progress=False)
     assert blank["model_psnr"] < scores["bicubic_psnr"] and "vae_ceiling_psnr" not in blank

@@ -78,12 +78,15 @@ def bicubic_upsample(video_nthwc, scale: int) -> np.ndarray:
 
 
 def super_resolution_scores(upscale, data_cfg, rate: int, scale: int, num_videos: int, *, round_trip=None,
-                            seed: int = 0, batch_size: int = 32, progress: bool = True) -> dict:
+                            low_res_round_trip=None, seed: int = 0, batch_size: int = 32,
+                            progress: bool = True) -> dict:
     """PSNR (dB) and SSIM of the model's frames and of bicubic upsampling against the clip rendered at `scale`
     x the size, on test clips at `rate` x the frame rate. `upscale(low_res_nthwc uint8, captions) -> uint8`
     is the model under test; its input is the clip at the base size (box-downsampled from the large one).
     `round_trip(videos uint8) -> uint8`, the super-resolution VAE's encode-decode of the large clips, gives
-    the ceiling of any model that decodes through it ("vae_ceiling_*")."""
+    the ceiling of any model that decodes through it ("vae_ceiling_*"). `low_res_round_trip(videos uint8) ->
+    uint8`, the base VAE's encode-decode, scores the model and bicubic again on low-resolution clips so coded
+    ("*_after_base_vae_*"), as the cascade hands them over."""
     truth, captions = sample_videos(num_videos, "test", seed=seed, num_frames=data_cfg.num_frames,
                                     canvas=data_cfg.canvas, frame_rate=rate, scale=scale)
     n, t, h, w, c = truth.shape
@@ -91,6 +94,11 @@ def super_resolution_scores(upscale, data_cfg, rate: int, scale: int, num_videos
     model = _batched(upscale, low_res, captions, batch_size, "upscale", progress)
     scores = {"num_videos": num_videos}
     videos = {"model": model, "bicubic": bicubic_upsample(low_res, scale)}
+    if low_res_round_trip is not None:
+        coded = _batched(lambda clips, _: low_res_round_trip(clips), low_res, captions, batch_size, "code low-res",
+                         progress)
+        videos["model_after_base_vae"] = _batched(upscale, coded, captions, batch_size, "upscale", progress)
+        videos["bicubic_after_base_vae"] = bicubic_upsample(coded, scale)
     if round_trip is not None:
         videos["vae_ceiling"] = _batched(lambda clips, _: round_trip(clips), truth, captions, batch_size,
                                          "reconstruct", progress)
