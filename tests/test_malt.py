@@ -10,6 +10,7 @@ import pytest
 from t2v_jax.checks import ConfigError
 from t2v_jax.config import validate
 from t2v_jax.models.malt import MALTDiT
+from t2v_jax.pipelines.load import generate_story
 from t2v_jax.pipelines.syncos import StructuredPrompt
 from t2v_jax.systems.malt import MALTStage, load_state, pipeline_from_params, save_state
 from t2v_jax.train.stages import VAEStage
@@ -129,3 +130,12 @@ def test_generation_memory_does_not_grow_with_the_number_of_segments(setup):
         sizes[segments] = memory_per_device(pipeline.compile(*args, **kwargs))
     assert sizes[16]["temporaries"] <= 1.01 * sizes[2]["temporaries"]
     assert sizes[16]["outputs"] > 4 * sizes[2]["outputs"]  # the video, 8x longer, next to a memory of 96 bytes
+
+
+def test_a_story_is_one_video_of_the_segments_captions(setup):
+    """`generate_story` (scripts/sample.py --story) gives MALT each segment's whole caption, global + local."""
+    config, _, params, vae_params = setup
+    pipeline = pipeline_from_params(config, params, vae_params)
+    story = generate_story(pipeline, ["moving left", "moving up"], global_prompt="a red 3", seed=5)
+    whole, _ = pipeline.generate_long([["a red 3 moving left", "a red 3 moving up"]], seed=5)
+    np.testing.assert_array_equal(story, whole[0])

@@ -20,6 +20,7 @@ from t2v_jax.models.text_to_video import TextToVideoModel, latent_shape
 from t2v_jax.parallel.rules import unbox
 from t2v_jax.pipelines.allegro import AllegroPipeline, preprocess_prompt
 from t2v_jax.pipelines.lavie import LaVieCascadePipeline
+from t2v_jax.pipelines.load import generate_story
 from t2v_jax.pipelines.syncos import StructuredPrompt, syncos_config, syncos_sample
 from t2v_jax.pipelines.text_to_video import TextToVideoPipeline
 from t2v_jax.systems.allegro import allegro_config
@@ -188,3 +189,12 @@ def test_bad_input_is_named_before_anything_runs(latent_pipeline, monkeypatch, c
     kwargs = dict(dict(structured_prompts=STORIES, num_latent_frames=16), **call)
     with pytest.raises(ValueError, match=field):
         latent_pipeline.sample_long_latents(kwargs.pop("structured_prompts"), kwargs.pop("num_latent_frames"), **kwargs)
+
+
+def test_a_story_is_syncos_over_the_global_prompt_and_one_local_prompt_per_segment(latent_pipeline):
+    """`generate_story` (scripts/sample.py --story): segment i of the native 8 latent frames is [8i, 8i + 8)."""
+    got = generate_story(latent_pipeline, ["moving left", "moving up"], global_prompt="a red 3", seed=4)
+    story = StructuredPrompt("a red 3", (("moving left", 0, 8), ("moving up", 8, 16)))
+    np.testing.assert_array_equal(got, latent_pipeline.generate_multi_prompt([story], 16, seed=4)[0])
+    with pytest.raises(ValueError, match="samples no multi-prompt video"):
+        generate_story(object(), ["moving left"], global_prompt="a red 3")

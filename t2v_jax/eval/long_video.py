@@ -140,9 +140,8 @@ def story_prompt(captions_s, segment_latent_frames: int) -> StructuredPrompt:
     subjects = {caption.partition(" moving ")[0] for caption in captions_s}
     if len(subjects) != 1:
         raise ValueError(f"a story must keep one subject; its captions name {sorted(subjects)}")
-    return StructuredPrompt(subjects.pop(), tuple(
-        ("moving " + caption.partition(" moving ")[2], i * segment_latent_frames, (i + 1) * segment_latent_frames)
-        for i, caption in enumerate(captions_s)))
+    return StructuredPrompt.from_segments(
+        subjects.pop(), ["moving " + caption.partition(" moving ")[2] for caption in captions_s], segment_latent_frames)
 
 
 def syncos_generate_long(pipeline, captions_ns, *, seed: int = 0, syncos=None) -> np.ndarray:

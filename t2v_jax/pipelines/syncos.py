@@ -185,6 +185,12 @@ class StructuredPrompt:
     def __post_init__(self):
         object.__setattr__(self, "local", tuple(tuple(item) for item in self.local))
 
+    @classmethod
+    def from_segments(cls, global_prompt: str, segment_prompts, segment_latent_frames: int) -> "StructuredPrompt":
+        """One local prompt per segment of `segment_latent_frames` latent frames, in order."""
+        return cls(global_prompt, tuple((text, i * segment_latent_frames, (i + 1) * segment_latent_frames)
+                                        for i, text in enumerate(segment_prompts)))
+
     def validate(self, num_frames: int) -> None:
         """Raises ValueError naming the field: empty prompts, malformed or out-of-range ranges, gaps, overlaps."""
         def fail(field, message):
