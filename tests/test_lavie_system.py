@@ -116,8 +116,8 @@ def test_super_resolution_trains_on_low_res_frames_as_the_cascade_makes_them(tmp
     (restored from the `vae` stage), otherwise the box-downsampled window itself."""
     config = tiny_lavie_config(str(tmp_path / "data"))
     rng = jax.random.PRNGKey(0)
-    base_vae_params = VAEStage(config).init_params(rng)
-    vsr_vae_params = VAEStage(config, name="vsr_vae", vae_cfg=config.vsr.vae).init_params(rng)
+    base_vae_params = jax.jit(VAEStage(config).init_params)(rng)
+    vsr_vae_params = jax.jit(VAEStage(config, name="vsr_vae", vae_cfg=config.vsr.vae).init_params)(rng)
     window_bthwc = jax.random.uniform(jax.random.PRNGKey(1), (2, config.vsr.chunk_frames, 32, 32, 3), minval=-1)
     box_bthwc = box_downsample(window_bthwc, config.vsr.scale)
 
@@ -125,9 +125,10 @@ def test_super_resolution_trains_on_low_res_frames_as_the_cascade_makes_them(tmp
     assert stage_by_name(stages(config), "vsr").consumes == ("vsr_vae", "vae")
     stage = VSRStage(config, vsr_vae_params, base_vae_params)
     vae = video_vae.VideoVAE(config.vae)
-    latents_bthwc = video_vae.vae_encode(vae, base_vae_params, box_bthwc)
-    expected_bthwc = np.clip(video_vae.vae_decode(vae, base_vae_params, latents_bthwc), -1, 1)
-    low_res_bthwc = stage.low_res_input(window_bthwc)
+    round_trip = jax.jit(lambda video: video_vae.vae_decode(vae, base_vae_params,
+                                                            video_vae.vae_encode(vae, base_vae_params, video)))
+    expected_bthwc = np.clip(round_trip(box_bthwc), -1, 1)
+    low_res_bthwc = jax.jit(stage.low_res_input)(window_bthwc)
     np.testing.assert_allclose(low_res_bthwc, expected_bthwc, atol=1e-5)
     assert np.abs(low_res_bthwc - box_bthwc).mean() > 0.05
 
