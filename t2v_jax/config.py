@@ -20,12 +20,24 @@ def validate(config, num_devices: int | None = None):
     return config
 
 
-def sibling_config(config_file: str, name: str):
-    """`get_config()` of configs/NAME.py next to `config_file` (pass `__file__`): how a config builds on
-    another (the released cascade on its base, a long run on the quickstart)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+def module_from_file(path: str):
+    """A .py file outside any package (configs/, scripts/) as a module: how notebooks and tests reach them."""
+    name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def config_from_file(path: str, arg: str | None = None):
+    """`get_config(arg)` of a config file such as configs/quickstart.py; `get_config()` when arg is None (some
+    configs take no argument, others have their own default)."""
+    module = module_from_file(path)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def sibling_config(config_file: str, name: str):
+    """`get_config()` of configs/NAME.py next to `config_file` (pass `__file__`): how a config builds on
+    another (the released cascade on its base, a long run on the quickstart)."""
+    return config_from_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
 

@@ -1,16 +1,14 @@
 """The smallest end-to-end config: seconds per stage on a CPU, for tests of the whole system."""
 
-import importlib.util
 import os
+
+from t2v_jax.config import config_from_file
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def load_config(name: str = "quickstart"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIG_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_from_file(os.path.join(CONFIG_DIR, f"{name}.py"))
 
 
 def tiny_config(data_dir: str):
