@@ -27,9 +27,11 @@ def model():
     unet = LaVieUNet(cfg)
     x = jnp.zeros((1, _VIDEO + _IMAGES, 4, 4, 4))
     context = jnp.zeros((1, 1 + _IMAGES, 3, 8))
-    params = unet.init(jax.random.key(0), x, jnp.zeros((1,)), context, jnp.ones((1, 1 + _IMAGES, 3), bool),
-                       num_images=_IMAGES)
-    params = _randomise(params, jax.random.key(1))
+    # Only the shapes: every parameter is drawn anew below (tracing takes 1 s, compiling the init 17 s).
+    shapes = jax.eval_shape(lambda rng: unet.init(rng, x, jnp.zeros((1,)), context,
+                                                  jnp.ones((1, 1 + _IMAGES, 3), bool), num_images=_IMAGES),
+                            jax.random.key(0))
+    params = _randomise(shapes, jax.random.key(1))
     return jax.jit(unet.apply, static_argnames="num_images"), params
 
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from xla_flags import FAST_CPU_COMPILE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SETUP = r'''
@@ -73,9 +75,6 @@ print(json.dumps({"std": float(expected.std()), "video": int(np.abs(dp.decode(la
                   "latents": float(np.abs(np.asarray(latents) - np.asarray(expected_latents)).max()) / scale,
                   "devices": len(latents.sharding.device_set), "split": not latents.sharding.is_fully_replicated}))
 '''
-# Code generation only, not partitioning, and the one-device reference runs with them too (multidevice_checks.py).
-FAST_COMPILE = (" --xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
-                " --xla_llvm_disable_expensive_passes=true")
 
 
 def _run(script, extra_xla_flags=""):
@@ -99,6 +98,6 @@ def test_pipeline_gives_the_one_device_video_under_every_preset():
 def test_syncos_gives_the_one_device_video_under_dp():
     """The videos split over the 8 devices (one each), the denoiser's chunk-major batch of 48 with them; CSD's
     kernel couples the chunks of one video, never two videos."""
-    results = _run(SYNCOS_CHECK, FAST_COMPILE)
+    results = _run(SYNCOS_CHECK, " " + FAST_CPU_COMPILE)
     assert results["std"] > 10 and results["devices"] == 8 and results["split"], results
     assert results["latents"] <= 1e-5 and results["video"] <= 1, results

@@ -13,10 +13,9 @@ import sys
 import pytest
 
 from t2v_jax.parallel import report
+from xla_flags import FAST_CPU_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_CPU_COMPILE = ("--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
-                    "--xla_llvm_disable_expensive_passes=true")
 
 # Async pairs, a tuple-shaped all-reduce, an async-wrapped reduce-scatter and a loop of known trip count.
 HAND_WRITTEN_HLO = """\
