@@ -130,10 +130,10 @@ def test_sharding_draws_one_bar_per_compiled_preset_and_program():
         return dict(zip(ticks, [bar.get_height() for bar in ax.containers[0]]))
 
     # The "tp" preset failed to fit its mesh: no bar.
-    assert bars(train_memory) == {"dp\ndata=8": 4.0, "fsdp\ndata=2,fsdp=4": 2.0}
-    assert bars(train_collectives) == {"dp\ndata=8": 1.0, "fsdp\ndata=2,fsdp=4": 3.5}
-    assert bars(sampling_memory) == {"dp\ndata=8": 1.0, "fsdp\ndata=2,fsdp=4": 0.25}
-    assert bars(sampling_collectives) == {"dp\ndata=8": 0.0, "fsdp\ndata=2,fsdp=4": 1.0}
+    assert bars(train_memory) == {"dp\ndata=8": 4.0, "fsdp\ndata=2\nfsdp=4": 2.0}
+    assert bars(train_collectives) == {"dp\ndata=8": 1.0, "fsdp\ndata=2\nfsdp=4": 3.5}
+    assert bars(sampling_memory) == {"dp\ndata=8": 1.0, "fsdp\ndata=2\nfsdp=4": 0.25}
+    assert bars(sampling_collectives) == {"dp\ndata=8": 0.0, "fsdp\ndata=2\nfsdp=4": 1.0}
     assert train_memory.get_title() == "DiT train step: memory"
     assert sampling_collectives.get_ylabel() == "collective results per device (MiB)"
     assert figure.get_suptitle() == "Sharding presets on 8 x cpu"

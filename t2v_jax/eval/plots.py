@@ -163,9 +163,9 @@ def decoding_figure(bench: dict, source: str) -> Figure:
 
 
 def _preset_label(row: dict, source: str) -> str:
-    """The preset's name over its mesh's axes of more than one device, e.g. "fsdp_tp\nfsdp=2,tensor=4"."""
+    """The preset's name over its mesh's axes of more than one device, one a line: "fsdp_tp\nfsdp=2\ntensor=4"."""
     mesh = _field(row, "mesh", source, SHARDING_SOURCE)
-    return _field(row, "preset", source, SHARDING_SOURCE) + "\n" + ",".join(
+    return _field(row, "preset", source, SHARDING_SOURCE) + "\n" + "\n".join(
         f"{axis}={size}" for axis, size in mesh.items() if size > 1)
 
 
@@ -190,7 +190,7 @@ def sharding_figure(compare: dict, source: str) -> Figure:
         for ax, values, title, ylabel in ((memory, memory_mib, "memory", "memory per device (MiB)"),
                                           (collective, collective_mib, "collectives",
                                            "collective results per device (MiB)")):
-            ax.bar_label(ax.bar(labels, values), fmt="%.2f")
+            ax.bar_label(ax.bar(labels, values), fmt="{:,.1f}")
             ax.set_ylabel(ylabel)
             ax.set_title(f"{SHARDED_PROGRAMS[program]}: {title}")
             ax.grid(True, axis="y", alpha=0.3)
