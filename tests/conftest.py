@@ -9,10 +9,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from xla_flags import with_fast_compile  # noqa: E402
+from xla_flags import accelerator_plugin_installed, with_fast_compile  # noqa: E402
 
 # Read when the backend starts (after this), here and in every subprocess, which inherits the environment.
-os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS"))
+if not accelerator_plugin_installed():
+    os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS"))
 
 # Tests build the same small programs many times (each `fit` jits its own step, scripts run in
 # subprocesses); a compilation cache shared by the session and its subprocesses turns the
