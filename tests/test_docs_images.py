@@ -26,7 +26,13 @@ def test_the_readme_shows_pictures():
     assert len(linked_images("README.md")) >= 3
 
 
-@pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")),
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_linked_image_exists(doc):
+    assert [image for image in linked_images(doc) if not os.path.isfile(os.path.join(ROOT, image))] == []
+
+
+# A worktree's or submodule's .git is a file, hence exists() rather than isdir().
+@pytest.mark.skipif(shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")),
                     reason="needs the git checkout")
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_linked_image_is_tracked_by_git(doc):
