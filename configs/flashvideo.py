@@ -7,6 +7,8 @@ Result:   2026-11-21, 256 test-set prompts (unseen glyphs), judge:
           all three 80.5%, digit 80.9%, colour 99.6%, direction 100%, identity consistency 69.8%
           (tokenizer 331 s, keyframe decoder 3500 steps 1530 s, interpolation decoder 2000 steps 1110 s:
           50 min in all).
+          Rerun 2026-12-02 (same command, interrupted and resumed twice, shared CPU; the gallery's samples):
+          all three 83.2%, digit 83.2%, colour 100%, direction 100%, identity consistency 68.1%.
           Shorter run (--config.train_keyframes.num_steps=1500 --config.train_interpolation.num_steps=800,
           tokenizer 331 s + keyframes 528 s + interpolation 407 s): all three 34.4%, digit 34.4%,
           colour 100%, direction 100%, identity consistency 32.2%.
