@@ -11,11 +11,12 @@ Result:   VAE 1500 steps in 328 s, MALT 6000 steps of 8 videos x 4 segments in 5
           64 segments 92.1% against segment 1 (95.2% against the captions); boundary jump 1.12 px against a
           1.03 px step. On 64 other test stories (--seed 7): 98.4 / 96.9 / 90.6 / 90.6%, identity 88.7%.
           Generation memory flat (temporaries x1.002 from 4 to 64 segments), time per segment flat.
-          The baselines (--config.malt.memory_noise_max=0 --config.malt.memory_noise_level=0; and
-          --config.dit.memory_tokens=0) at 6000 steps are still training; at 3000 steps, with MALT at 3000
-          too (90.6 / 98.4 / 89.1 / 93.8%, identity 85.2%), they reached 73.4 / 85.9 / 76.6 / 79.7%, identity
-          68.5% (no memory noise) and 75.0 / 73.4 / 70.3 / 76.6%, identity 69.3%, boundary jump 3.57 px
-          (no memory). See BENCHMARKS.md.
+          Without memory (--config.dit.memory_tokens=0, 2646 s): 96.9 / 95.3 / 93.8 / 100%, identity 93.6%,
+          boundary jump 3.62 px: at 6000 steps the memory buys continuity, not identity. Without memory
+          noise (--config.malt.memory_noise_max=0 --config.malt.memory_noise_level=0): 6000 steps still
+          training. At 3000 steps, with MALT at 3000 too (90.6 / 98.4 / 89.1 / 93.8%, identity 85.2%),
+          the baselines reached 73.4 / 85.9 / 76.6 / 79.7%, identity 68.5% (no memory noise) and
+          75.0 / 73.4 / 70.3 / 76.6%, identity 69.3%, boundary jump 3.57 px (no memory). See BENCHMARKS.md.
 """
 
 import ml_collections
