@@ -1,6 +1,8 @@
 """The whole system on a tiny config: exact resume, train -> sample -> judge, the scripts' CLIs."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 from t2v_jax.data.loader import data_source, make_loader
 from t2v_jax.eval.evaluate import generate_and_judge
 from t2v_jax.pipelines.load import load_pipeline
+from t2v_jax.train.checkpoint import SAVED_CONFIG, CheckpointMismatchError
 from t2v_jax.train.latent_cache import CACHE_FILE
 from t2v_jax.train.run import train
 from t2v_jax.train.stages import DiTStage, VAEStage
@@ -115,6 +118,39 @@ def test_pipeline_samples_with_the_configured_timestep_spacing(trained):
     np.testing.assert_array_equal(generate(timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True),
                                   trailing)
     assert not np.array_equal(generate(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False), trailing)
+
+
+def _with_more_dit_layers(config):
+    changed = config.copy_and_resolve_references()
+    changed.dit.num_layers = config.dit.num_layers + 1
+    return changed
+
+
+def test_loading_with_other_architecture_flags_names_the_field_in_one_line(trained):
+    """Orbax's own error prints the restore spec of every array (thousands of characters) and advises
+    padding; the user needs the flag the run was trained with."""
+    config, workdir, _ = trained
+    with pytest.raises(CheckpointMismatchError) as raised:
+        load_pipeline(_with_more_dit_layers(config), workdir)
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 600 and "Truncating" not in message, message
+    assert f"does not fit the model this config builds: Requested shape: ({config.dit.num_layers + 1}," in message
+    assert (f"differs from the run's config.json in dit.num_layers (the run: {config.dit.num_layers}, "
+            f"this config: {config.dit.num_layers + 1})") in message
+
+
+def test_resuming_with_other_architecture_flags_keeps_the_run_config(trained, tmp_path):
+    """A resume that cannot load names the changed field and leaves the run's saved config as it was,
+    so the next load still explains itself."""
+    config, workdir, _ = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    with open(os.path.join(copy, SAVED_CONFIG)) as f:
+        saved = json.load(f)
+    with pytest.raises(CheckpointMismatchError, match=r"dit.num_layers \(the run: 1, this config: 2\)"):
+        train(_with_more_dit_layers(config), copy, progress=False)
+    with open(os.path.join(copy, SAVED_CONFIG)) as f:
+        assert json.load(f) == saved
 
 
 def _write_tiny_config(tmp_path, data_dir):

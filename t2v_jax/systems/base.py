@@ -8,6 +8,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Optional
 
+from t2v_jax.train.checkpoint import CheckpointMismatchError, mismatch_with_saved_config, read_saved_config
 from t2v_jax.train.trainer import restore_params
 
 
@@ -82,15 +83,19 @@ def stage_by_name(stages, name: str) -> Stage:
 def restore_stages(config, stages, workdir: str, names, *, use_ema: bool = True, restored=None) -> dict:
     """{name: params} of the named stages and of every stage they consume, from their latest
     checkpoints under `workdir` (EMA params by default), each restored once; `restored` (a dict,
-    updated in place) carries what earlier calls restored."""
+    updated in place) carries what earlier calls restored. A checkpoint that does not fit this config's
+    model raises `CheckpointMismatchError` naming the fields that differ from the run's saved config."""
     restored = {} if restored is None else restored
 
     def restore(name):
         if name not in restored:
             stage = stage_by_name(stages, name)
             consumed = {dependency: restore(dependency) for dependency in stage.consumes}
-            restored[name] = restore_params(os.path.join(workdir, name), stage.build(config, consumed),
-                                            config[stage.train_field], mesh_cfg=config.mesh, use_ema=use_ema)
+            try:
+                restored[name] = restore_params(os.path.join(workdir, name), stage.build(config, consumed),
+                                                config[stage.train_field], mesh_cfg=config.mesh, use_ema=use_ema)
+            except CheckpointMismatchError as error:
+                raise mismatch_with_saved_config(error, config, read_saved_config(workdir)) from error
         return restored[name]
 
     for name in names:

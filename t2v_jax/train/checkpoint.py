@@ -11,6 +11,10 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from t2v_jax.convert.safetensors_io import flatten_tree
+
+SAVED_CONFIG = "config.json"
+
 
 def _to_json(data_state):
     if isinstance(data_state, bytes):
@@ -20,6 +24,19 @@ def _to_json(data_state):
 
 def _from_json(blob):
     return blob["bytes"].encode("utf-8") if "bytes" in blob else blob["value"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose arrays do not fit the model the config builds (other shapes, other layers)."""
+
+
+def _mismatch_summary(message: str, limit: int = 240) -> str:
+    """What orbax names first (the array path, or the two shapes), without its restore specs of every
+    array or its advice to pad or truncate."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    summary = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
+    summary = summary.split(". ")[0].rstrip(":. ")
+    return summary if len(summary) <= limit else summary[:limit] + "..."
 
 
 class Checkpointer:
@@ -48,7 +65,12 @@ class Checkpointer:
         has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if has_data:
             items["data"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as error:
+            raise CheckpointMismatchError(
+                f"the checkpoint of step {step} under {self.directory} does not fit the model this config "
+                f"builds: {_mismatch_summary(str(error))}") from error
         data_state = _from_json(restored["data"]) if has_data else None
         return restored["state"], data_state
 
@@ -76,6 +98,33 @@ def abstract_like(tree):
 def dump_json(path: str, obj):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def read_saved_config(workdir: str) -> dict | None:
+    """The config `scripts/train.py` saved in a run's workdir, or None for a folder without one."""
+    path = os.path.join(workdir, SAVED_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mismatch_with_saved_config(error: CheckpointMismatchError, config, saved: dict | None,
+                               limit: int = 8) -> CheckpointMismatchError:
+    """`error` extended with the fields where `config` differs from the run's saved config: the
+    --config.FIELD flags a checkpoint trained with other flags needs in order to load."""
+    if saved is None:
+        return error
+    here = flatten_tree(json.loads(json.dumps(config.to_dict(), default=str)))
+    there = flatten_tree(saved)
+    absent = "(absent)"
+    changed = [f"{key.replace('/', '.')} (the run: {there.get(key, absent)!r}, this config: {here.get(key, absent)!r})"
+               for key in sorted(here.keys() | there.keys()) if here.get(key, absent) != there.get(key, absent)]
+    if not changed:
+        return error
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return CheckpointMismatchError(f"{error}; this config differs from the run's {SAVED_CONFIG} in "
+                                   f"{', '.join(changed[:limit])}{more}")
 
 
 def save_params(directory: str, params) -> None:

@@ -13,7 +13,8 @@ from t2v_jax import systems
 from t2v_jax.config import validate
 from t2v_jax.data.loader import build_dataset, data_source, make_loader
 from t2v_jax.systems.base import restore_stages
-from t2v_jax.train.checkpoint import dump_json
+from t2v_jax.train.checkpoint import (SAVED_CONFIG, CheckpointMismatchError, dump_json, mismatch_with_saved_config,
+                                      read_saved_config)
 from t2v_jax.train.trainer import fit, read_metrics
 
 
@@ -37,7 +38,19 @@ def train(config, workdir: str, stages=None, *, progress: bool = True) -> dict:
         raise ValueError(f"unknown stage(s) {unknown} for system {systems.get(config).name!r}; "
                          f"allowed: {list(allowed)}")
     os.makedirs(workdir, exist_ok=True)
-    dump_json(os.path.join(workdir, "config.json"), config.to_dict())
+    saved_before = read_saved_config(workdir)
+    dump_json(os.path.join(workdir, SAVED_CONFIG), config.to_dict())
+    try:
+        return _train_stages(config, workdir, graph, stages, progress)
+    except CheckpointMismatchError as error:
+        # The run's checkpoints still follow the config it saved before: keep that record, and name
+        # the fields this call changed.
+        if saved_before is not None:
+            dump_json(os.path.join(workdir, SAVED_CONFIG), saved_before)
+        raise mismatch_with_saved_config(error, config, saved_before) from error
+
+
+def _train_stages(config, workdir: str, graph, stages, progress: bool) -> dict:
     build_dataset(config.data)
     summary, frozen = {}, {}
     for offset, stage_spec in enumerate(graph):
