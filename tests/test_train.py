@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,14 +128,16 @@ def _with_more_dit_layers(config):
 
 
 def test_loading_with_other_architecture_flags_names_the_field_in_one_line(trained):
-    """Orbax's own error prints the restore spec of every array (thousands of characters) and advises
-    padding; the user needs the flag the run was trained with."""
+    """Orbax's own error prints the restore spec of every array (thousands of characters), advises padding
+    and leaves a failed task per array to be logged at exit; the user needs the array and the flag the run
+    was trained with."""
     config, workdir, _ = trained
     with pytest.raises(CheckpointMismatchError) as raised:
         load_pipeline(_with_more_dit_layers(config), workdir)
     message = str(raised.value)
-    assert "\n" not in message and len(message) < 600 and "Truncating" not in message, message
-    assert f"does not fit the model this config builds: Requested shape: ({config.dit.num_layers + 1}," in message
+    assert "\n" not in message and len(message) < 1000, message
+    assert re.search(r"does not fit the model this config builds: dit/params/\S+ has shape \(1, [\d, ]+\) in the "
+                     r"checkpoint, \(2, [\d, ]+\) here", message), message
     assert (f"differs from the run's config.json in dit.num_layers (the run: {config.dit.num_layers}, "
             f"this config: {config.dit.num_layers + 1})") in message
 
@@ -148,7 +151,7 @@ def test_resuming_with_other_architecture_flags_keeps_the_run_config(trained, tm
     with open(os.path.join(copy, SAVED_CONFIG)) as f:
         saved = json.load(f)
     with pytest.raises(CheckpointMismatchError, match=r"dit.num_layers \(the run: 1, this config: 2\)"):
-        train(_with_more_dit_layers(config), copy, progress=False)
+        train(_with_more_dit_layers(config), copy, stages=["dit"], progress=False)
     with open(os.path.join(copy, SAVED_CONFIG)) as f:
         assert json.load(f) == saved
 

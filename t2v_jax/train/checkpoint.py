@@ -30,13 +30,21 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose arrays do not fit the model the config builds (other shapes, other layers)."""
 
 
-def _mismatch_summary(message: str, limit: int = 240) -> str:
-    """What orbax names first (the array path, or the two shapes), without its restore specs of every
-    array or its advice to pad or truncate."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    summary = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
-    summary = summary.split(". ")[0].rstrip(":. ")
-    return summary if len(summary) <= limit else summary[:limit] + "..."
+def _check_fits(stored_state, abstract_state, where: str, limit: int = 3):
+    """Raises CheckpointMismatchError naming the params whose path or shape differ between a stored train
+    state (orbax metadata) and the one this config builds, before orbax's restore fails on them with a
+    restore spec per array and a leaked task per failure. Optimizer state mirrors the params."""
+    stored = flatten_tree(stored_state["params"])
+    wanted = flatten_tree(abstract_state.params)
+    problems = [f"{path} is not in the checkpoint" for path in sorted(wanted.keys() - stored.keys())]
+    problems += [f"{path} is in the checkpoint but not in this model" for path in sorted(stored.keys() - wanted.keys())]
+    problems += [f"{path} has shape {tuple(stored[path].shape)} in the checkpoint, {tuple(wanted[path].shape)} here"
+                 for path in sorted(wanted.keys() & stored.keys())
+                 if tuple(stored[path].shape) != tuple(wanted[path].shape)]
+    if problems:
+        more = f" and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise CheckpointMismatchError(f"the checkpoint of {where} does not fit the model this config builds: "
+                                      f"{'; '.join(problems[:limit])}{more}")
 
 
 class Checkpointer:
@@ -47,7 +55,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(1, every), max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # The handlers named up front let `item_metadata` read a checkpoint's shapes before restoring it.
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -59,18 +70,16 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state, step: int | None = None, *, with_data: bool = True):
-        """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
+        """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with .sharding); a checkpoint
+        whose params differ from it in path or shape raises `CheckpointMismatchError` before any array is read."""
         step = self.latest_step() if step is None else step
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
         if has_data:
             items["data"] = ocp.args.JsonRestore()
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except ValueError as error:
-            raise CheckpointMismatchError(
-                f"the checkpoint of step {step} under {self.directory} does not fit the model this config "
-                f"builds: {_mismatch_summary(str(error))}") from error
+        _check_fits(self.manager.item_metadata(step)["state"], abstract_state,
+                    f"step {step} under {self.directory}")
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         data_state = _from_json(restored["data"]) if has_data else None
         return restored["state"], data_state
 
