@@ -194,6 +194,24 @@ def test_generate_and_judge_long_scores_a_model_on_test_stories():
     assert one_segment["boundary_jump"] is None and len(one_segment["segment_scores"]["all"]) == 1
 
 
+def test_validation_stories_come_from_the_training_glyphs():
+    """split="train" judges the model on training-glyph stories (other captions than the test split's at
+    the same seed): the rendered train stories score ~100% against them and the test stories do not."""
+    data = load_config("malt_digits").data
+    stories = {split: bd.sample_long_videos(6, split, seed=3, num_segments=2, segment_frames=data.num_frames,
+                                            canvas=data.canvas) for split in ("train", "test")}
+    assert stories["train"][1] != stories["test"][1]
+
+    def judged(rendered_split, split):
+        videos = stories[rendered_split][0]
+        scores, _ = long_video.generate_and_judge_long(lambda captions_ns, seed: videos[:len(captions_ns)], data,
+                                                       6, 2, seed=3, split=split, batch_size=6, progress=False)
+        return np.mean(scores["segment_scores"]["all"])
+
+    assert judged("train", "train") >= 0.95
+    assert judged("test", "train") < 0.5
+
+
 def test_a_story_becomes_one_structured_prompt_over_its_segments_latent_frames():
     """Global prompt the subject, one local prompt per segment over its latent frames; its chunk texts are
     the story's own captions again. A story that changes subject is refused."""

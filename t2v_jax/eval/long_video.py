@@ -114,16 +114,18 @@ def judge_long(videos_nthwc_uint8, captions_ns, segment_frames: int) -> dict:
 
 
 def generate_and_judge_long(generate_long, data_cfg, num_videos: int, num_segments: int, *, seed: int = 0,
-                            batch_size: int = 32, progress: bool = True) -> tuple[dict, np.ndarray]:
-    """Per-segment scores of a long-video model on test-split story prompts (unseen glyphs, one caption per
-    segment), and the videos it made.
+                            split: str = "test", batch_size: int = 32,
+                            progress: bool = True) -> tuple[dict, np.ndarray]:
+    """Per-segment scores of a long-video model on story prompts (one caption per segment) of the `split`'s
+    glyphs (test: unseen; train: a validation set when `seed` differs from the training data's), and the
+    videos it made.
 
     `generate_long(captions_ns, seed) -> uint8 videos (N, S * F, H, W, 3)` is the model under test (e.g.
     `MALTPipeline.generate_long` with its state dropped, or `syncos_generate_long`); videos go in fixed-size
-    batches (one compile). The stories are `sample_long_videos(num_videos, "test", seed=seed, ...)`, whose
+    batches (one compile). The stories are `sample_long_videos(num_videos, split, seed=seed, ...)`, whose
     rendered videos are the ground truth. Returns (`judge_long`'s dict plus num_videos and num_segments,
     uint8 videos (num_videos, S * F, H, W, 3))."""
-    _, captions_ns = sample_long_videos(num_videos, "test", seed=seed, num_segments=num_segments,
+    _, captions_ns = sample_long_videos(num_videos, split, seed=seed, num_segments=num_segments,
                                         segment_frames=data_cfg.num_frames, canvas=data_cfg.canvas)
     padded = list(captions_ns) + [captions_ns[0]] * (-num_videos % batch_size)
     videos = []
