@@ -9,8 +9,10 @@ import importlib.util
 import os
 
 import jax
+from ml_collections import config_dict
 
 from t2v_jax import systems
+from t2v_jax.train.checkpoint import SAVED_CONFIG, read_saved_config
 
 
 def validate(config, num_devices: int | None = None):
@@ -41,3 +43,22 @@ def sibling_config(config_file: str, name: str):
     another (the released cascade on its base, a long run on the quickstart)."""
     return config_from_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
 
+
+
+def config_from_saved(workdir: str) -> config_dict.ConfigDict:
+    """The config a `scripts/train.py` run saved in `workdir/config.json`: what it was trained with, flags
+    included, so loading it needs no flags repeated. JSON turned tuples into lists (turned back: configs
+    hold no lists) and typed placeholders into None (now placeholders of any type, so that a flag can
+    still set them)."""
+    saved = read_saved_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"no {SAVED_CONFIG} in {workdir}: not a scripts/train.py workdir")
+
+    def restore(value):
+        if isinstance(value, dict):
+            return {key: restore(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(restore(item) for item in value)
+        return config_dict.placeholder(object) if value is None else value
+
+    return config_dict.ConfigDict(restore(saved))

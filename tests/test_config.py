@@ -1,11 +1,14 @@
 """Invalid configs fail before anything compiles, naming the field and what is allowed."""
 
+import os
+
 import jax
 import pytest
 
 from t2v_jax.checks import ConfigError
-from t2v_jax.config import validate
-from tiny import load_config
+from t2v_jax.config import config_from_file, validate
+from t2v_jax.train.checkpoint import SAVED_CONFIG, dump_json
+from tiny import CONFIG_DIR, load_config
 
 
 @pytest.fixture
@@ -115,3 +118,21 @@ def test_mesh_shape_must_match_device_count(config):
     config.mesh.shape.update(data=3)
     with pytest.raises(ConfigError, match=r"config\.mesh\.shape .* multiplies to 3, but there are 4 devices"):
         validate(config, num_devices=4)
+
+
+@pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIG_DIR)
+                                        if f.endswith(".py") and f != "saved.py"))
+def test_every_config_comes_back_whole_from_a_runs_saved_json(name, tmp_path):
+    """configs/saved.py rebuilds what scripts/train.py saved: tuples (JSON lists) and placeholders (JSON
+    null) included, so a run loads with the config it trained with."""
+    config = load_config(name)
+    dump_json(str(tmp_path / SAVED_CONFIG), config.to_dict())
+    saved = config_from_file(os.path.join(CONFIG_DIR, "saved.py"), str(tmp_path))
+    assert saved.to_dict() == config.to_dict()
+
+
+def test_saved_config_names_a_folder_without_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no config.json in {tmp_path}: not a scripts/train.py"):
+        config_from_file(os.path.join(CONFIG_DIR, "saved.py"), str(tmp_path))
+    with pytest.raises(ValueError, match=r"--config configs/saved.py:WORKDIR"):
+        config_from_file(os.path.join(CONFIG_DIR, "saved.py"))

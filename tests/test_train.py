@@ -140,6 +140,7 @@ def test_loading_with_other_architecture_flags_names_the_field_in_one_line(train
                      r"checkpoint, \(2, [\d, ]+\) here", message), message
     assert (f"differs from the run's config.json in dit.num_layers (the run: {config.dit.num_layers}, "
             f"this config: {config.dit.num_layers + 1})") in message
+    assert message.endswith(f"--config configs/saved.py:{workdir} loads the config the run was trained with")
 
 
 def test_resuming_with_other_architecture_flags_keeps_the_run_config(trained, tmp_path):
@@ -166,12 +167,14 @@ def _write_tiny_config(tmp_path, data_dir):
     return str(path)
 
 
-def test_sample_script_writes_a_grid(trained, tmp_path, data_dir):
-    config, workdir, _ = trained
-    config_path = _write_tiny_config(tmp_path, data_dir)
+def test_sample_script_writes_a_grid_from_the_config_the_run_saved(trained, tmp_path):
+    """configs/saved.py:WORKDIR loads the tiny run (trained with a dozen fields off the quickstart's) with no
+    flags repeated; a flag still sets a field the saved JSON holds as null."""
+    _, workdir, _ = trained
     out = str(tmp_path / "grid.mp4")
-    command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), f"--config={config_path}",
-               f"--checkpoint={workdir}", f"--out={out}",
+    saved_config = f"{os.path.join(REPO, 'configs', 'saved.py')}:{workdir}"
+    command = [sys.executable, os.path.join(REPO, "scripts", "sample.py"), f"--config={saved_config}",
+               "--config.diffusion.min_snr_gamma=5.0", f"--checkpoint={workdir}", f"--out={out}",
                "--prompt=a red 3 moving left", "--prompt=a cyan 7 moving up"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,7 +8,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Optional
 
-from t2v_jax.train.checkpoint import CheckpointMismatchError, mismatch_with_saved_config, read_saved_config
+from t2v_jax.train.checkpoint import CheckpointMismatchError, mismatch_with_saved_config
 from t2v_jax.train.trainer import restore_params
 
 
@@ -95,7 +95,7 @@ def restore_stages(config, stages, workdir: str, names, *, use_ema: bool = True,
                 restored[name] = restore_params(os.path.join(workdir, name), stage.build(config, consumed),
                                                 config[stage.train_field], mesh_cfg=config.mesh, use_ema=use_ema)
             except CheckpointMismatchError as error:
-                raise mismatch_with_saved_config(error, config, read_saved_config(workdir)) from error
+                raise mismatch_with_saved_config(error, config, workdir) from error
         return restored[name]
 
     for name in names:

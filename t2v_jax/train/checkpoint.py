@@ -118,10 +118,11 @@ def read_saved_config(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def mismatch_with_saved_config(error: CheckpointMismatchError, config, saved: dict | None,
+def mismatch_with_saved_config(error: CheckpointMismatchError, config, workdir: str,
                                limit: int = 8) -> CheckpointMismatchError:
-    """`error` extended with the fields where `config` differs from the run's saved config: the
-    --config.FIELD flags a checkpoint trained with other flags needs in order to load."""
+    """`error` extended with the fields where `config` differs from the config the run saved in `workdir`,
+    and with the config file that loads the run as it was trained."""
+    saved = read_saved_config(workdir)
     if saved is None:
         return error
     here = flatten_tree(json.loads(json.dumps(config.to_dict(), default=str)))
@@ -133,7 +134,8 @@ def mismatch_with_saved_config(error: CheckpointMismatchError, config, saved: di
         return error
     more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
     return CheckpointMismatchError(f"{error}; this config differs from the run's {SAVED_CONFIG} in "
-                                   f"{', '.join(changed[:limit])}{more}")
+                                   f"{', '.join(changed[:limit])}{more}; --config configs/saved.py:{workdir} "
+                                   "loads the config the run was trained with")
 
 
 def save_params(directory: str, params) -> None:

@@ -43,11 +43,11 @@ def train(config, workdir: str, stages=None, *, progress: bool = True) -> dict:
     try:
         return _train_stages(config, workdir, graph, stages, progress)
     except CheckpointMismatchError as error:
-        # The run's checkpoints still follow the config it saved before: keep that record, and name
+        # The run's checkpoints still follow the config it saved before: put that record back, and name
         # the fields this call changed.
         if saved_before is not None:
             dump_json(os.path.join(workdir, SAVED_CONFIG), saved_before)
-        raise mismatch_with_saved_config(error, config, saved_before) from error
+        raise mismatch_with_saved_config(error, config, workdir) from error
 
 
 def _train_stages(config, workdir: str, graph, stages, progress: bool) -> dict:
