@@ -44,7 +44,6 @@ def sibling_config(config_file: str, name: str):
     return config_from_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
 
 
-
 def config_from_saved(workdir: str) -> config_dict.ConfigDict:
     """The config a `scripts/train.py` run saved in `workdir/config.json`: what it was trained with, flags
     included, so loading it needs no flags repeated. JSON turned tuples into lists (turned back: configs
